@@ -1,0 +1,148 @@
+"""Affine and additive coupling layers exactly as the original computes them."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from glow_tf import nn
+from glow_tf.bijectors.base import GlowBijector, sum_over_image, validate_channels
+
+__all__ = ["AffineCoupling", "AdditiveCoupling", "COUPLING_KINDS"]
+
+COUPLING_KINDS = ("affine", "additive")
+
+
+class _Coupling(GlowBijector):
+    """The first ``C1 = C // 2`` channels pass unchanged and condition the rest."""
+
+    def __init__(self, channels, hidden_width, network_channels, seed, dtype, validate_args, parameters, name):
+        validate_channels(channels, name, minimum=2)
+        self.channels = channels
+        self.split_channels = channels // 2
+        self.network = nn.CouplingNetwork(
+            self.split_channels,
+            network_channels(channels - self.split_channels),
+            hidden_width,
+            seed=seed,
+            dtype=dtype,
+            name="network",
+        )
+        super().__init__(
+            forward_min_event_ndims=3,
+            dtype=dtype,
+            validate_args=validate_args,
+            parameters=parameters,
+            name=name,
+        )
+
+    def _halves(self, t):
+        return t[..., : self.split_channels], t[..., self.split_channels :]
+
+    def _network(self, z1):
+        """Runs the network on ``z1`` of any batch rank (flattened to one batch axis)."""
+        if z1.shape.rank == 4:
+            return self.network(z1)
+        flat = tf.reshape(z1, tf.concat([[-1], tf.shape(z1)[-3:]], 0))
+        h = self.network(flat)
+        return tf.reshape(h, tf.concat([tf.shape(z1)[:-3], tf.shape(h)[-3:]], 0))
+
+
+class AffineCoupling(_Coupling):
+    """The original's affine coupling.
+
+    With ``x = [x1, x2]`` split on channels and ``h = NN(x1)`` (``2 * C2`` channels,
+    interleaved)::
+
+        shift = h[..., 0::2];  scale = sigmoid(h[..., 1::2] + 2)
+        inverse (image -> latent):  z = [x1, (x2 + shift) * scale]
+        forward (latent -> image):  x = [z1, z2 / scale - shift]
+        ildj = sum log(scale)
+
+    The network's last layer starts at zero, so at init ``scale = sigmoid(2) ~= 0.881``
+    (the step is not the identity, as in the original).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        hidden_width: int = 512,
+        seed: int | np.random.Generator | None = None,
+        dtype: tf.DType = tf.float32,
+        validate_args: bool = False,
+        name: str | None = None,
+    ):
+        parameters = dict(locals())
+        super().__init__(
+            channels, hidden_width, lambda c2: 2 * c2, seed, dtype, validate_args, parameters, name or "affine_coupling"
+        )
+
+    def _shift_and_log_scale(self, x1):
+        h = self._network(x1)
+        return h[..., 0::2], tf.math.log_sigmoid(h[..., 1::2] + 2.0)
+
+    def _forward(self, z):
+        z1, z2 = self._halves(z)
+        shift, log_scale = self._shift_and_log_scale(z1)
+        return tf.concat([z1, z2 * tf.exp(-log_scale) - shift], axis=-1)
+
+    def _inverse(self, x):
+        return self.inverse_and_log_det(x)[0]
+
+    def _inverse_log_det_jacobian(self, x):
+        _, log_scale = self._shift_and_log_scale(self._halves(x)[0])
+        return sum_over_image(log_scale)
+
+    def _forward_log_det_jacobian(self, z):
+        _, log_scale = self._shift_and_log_scale(self._halves(z)[0])
+        return -sum_over_image(log_scale)
+
+    def inverse_and_log_det(self, x, **kwargs):
+        x1, x2 = self._halves(x)
+        shift, log_scale = self._shift_and_log_scale(x1)
+        z2 = (x2 + shift) * tf.exp(log_scale)
+        return tf.concat([x1, z2], axis=-1), sum_over_image(log_scale)
+
+
+class AdditiveCoupling(_Coupling):
+    """The original's additive coupling (NICE).
+
+    ::
+
+        inverse (image -> latent):  z = [x1, x2 + NN(x1)]
+        forward (latent -> image):  x = [z1, z2 - NN(z1)]
+        ildj = 0
+
+    The zero-initialised last layer makes the layer the identity at init.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        hidden_width: int = 512,
+        seed: int | np.random.Generator | None = None,
+        dtype: tf.DType = tf.float32,
+        validate_args: bool = False,
+        name: str | None = None,
+    ):
+        parameters = dict(locals())
+        super().__init__(
+            channels, hidden_width, lambda c2: c2, seed, dtype, validate_args, parameters, name or "additive_coupling"
+        )
+
+    def _forward(self, z):
+        z1, z2 = self._halves(z)
+        return tf.concat([z1, z2 - self._network(z1)], axis=-1)
+
+    def _inverse(self, x):
+        x1, x2 = self._halves(x)
+        return tf.concat([x1, x2 + self._network(x1)], axis=-1)
+
+    def _inverse_log_det_jacobian(self, x):
+        return tf.zeros([], self.dtype)
+
+    def _forward_log_det_jacobian(self, z):
+        return tf.zeros([], self.dtype)
+
+    def inverse_and_log_det(self, x, **kwargs):
+        return self._inverse(x), tf.zeros([], x.dtype)

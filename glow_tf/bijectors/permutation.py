@@ -1,0 +1,72 @@
+"""Fixed channel permutations: the original's ``reverse`` and ``shuffle``."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from glow_tf.bijectors.base import GlowBijector, validate_channels
+
+__all__ = ["ChannelPermutation", "PERMUTATION_KINDS"]
+
+PERMUTATION_KINDS = ("reverse", "shuffle")
+
+
+class ChannelPermutation(GlowBijector):
+    """Permutes channels at every position; volume preserving.
+
+    ::
+
+        inverse (image -> latent):  z[..., j] = x[..., perm[j]]
+        forward (latent -> image):  x = z[..., argsort(perm)]
+        ildj = 0
+
+    ``kind='reverse'`` uses ``perm = [C-1, ..., 0]``; ``kind='shuffle'`` a random
+    permutation drawn from ``seed``. The permutation is stored in a non-trainable
+    ``tf.Variable`` so it survives a checkpoint round trip.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kind: str = "reverse",
+        seed: int | np.random.Generator | None = None,
+        dtype: tf.DType = tf.float32,
+        validate_args: bool = False,
+        name: str | None = None,
+    ):
+        parameters = dict(locals())
+        name = name or f"{kind}_permutation"
+        validate_channels(channels, name)
+        if kind == "reverse":
+            perm = np.arange(channels)[::-1]
+        elif kind == "shuffle":
+            rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+            perm = rng.permutation(channels)
+        else:
+            raise ValueError(f"Unknown permutation kind {kind!r}; valid kinds are {PERMUTATION_KINDS}.")
+        self.kind = kind
+        self.permutation = tf.Variable(perm.astype(np.int32), trainable=False, name="permutation")
+        super().__init__(
+            forward_min_event_ndims=1,
+            is_constant_jacobian=True,
+            dtype=dtype,
+            validate_args=validate_args,
+            parameters=parameters,
+            name=name,
+        )
+
+    def _forward(self, z):
+        return tf.gather(z, tf.math.invert_permutation(self.permutation), axis=-1)
+
+    def _inverse(self, x):
+        return tf.gather(x, self.permutation, axis=-1)
+
+    def _inverse_log_det_jacobian(self, x):
+        return tf.zeros([], self.dtype)
+
+    def _forward_log_det_jacobian(self, z):
+        return tf.zeros([], self.dtype)
+
+    def inverse_and_log_det(self, x, **kwargs):
+        return self._inverse(x), tf.zeros([], x.dtype)

@@ -1,0 +1,405 @@
+"""``Glow``: the multi-scale flow of Kingma & Dhariwal (2018) as a TFP bijector and distribution."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from glow_tf import metrics, nn
+from glow_tf.bijectors import (
+    COUPLING_KINDS,
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    ChannelPermutation,
+    FactorOut,
+    InvertibleConv1x1,
+    LUInvertibleConv1x1,
+    SplitPrior,
+    Squeeze,
+    TopPrior,
+)
+from glow_tf.bijectors.squeeze import squeezed_shape
+from glow_tf.quantization import validate_n_bits
+
+tfb = tfp.bijectors
+tfd = tfp.distributions
+
+__all__ = ["Glow", "PERMUTATIONS", "standard_normal_log_prob"]
+
+PERMUTATIONS = ("invconv", "shuffle", "reverse")
+
+
+def standard_normal_log_prob(eps: tf.Tensor) -> tf.Tensor:
+    """``sum log N(eps; 0, 1)`` over every axis but the first."""
+    axes = list(range(1, eps.shape.rank))
+    return tf.reduce_sum(-0.5 * (tf.square(eps) + math.log(2.0 * math.pi)), axis=axes)
+
+
+class _Level(tf.Module):
+    """One scale: ``layers`` in encode order (squeeze, then K flow steps) and its split prior."""
+
+    def __init__(self, layers: list[tfb.Bijector], split_prior: SplitPrior | None, kept_channels: int, name: str):
+        super().__init__(name=name)
+        self.layers = layers
+        self.split_prior = split_prior
+        self.kept_channels = kept_channels
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+class Glow(tf.Module):
+    """Glow as a ``tfp.bijectors.Bijector`` (latent -> image) and a ``TransformedDistribution``.
+
+    Structure (encode direction, image -> latent), as in the original: one squeeze,
+    then for each of ``num_levels`` levels ``num_steps`` flow steps
+    (actnorm -> permutation -> coupling); after every level but the last a split
+    prior factors out half of the channels (then the next level squeezes the rest).
+    The top prior standardises what remains. Every prior is a bijector to
+    standard-normal eps, so the whole model is ``x = bijector.forward(eps)`` with
+    ``eps ~ N(0, I)`` of size ``D = H * W * C``::
+
+        log p(x) = log N(bijector.inverse(x); 0, I) + bijector.inverse_log_det_jacobian(x)
+
+    Images enter in the model space of :mod:`glow_tf.quantization` (``preprocess``
+    then ``dequantize``); ``log_prob`` is the continuous density there, in nats, and
+    ``bits_per_dim`` adds the bin-width term of the original objective.
+
+    Args:
+      image_shape: ``[H, W, C]``; ``H`` and ``W`` divisible by ``2**num_levels``.
+      num_levels: L, the number of scales.
+      num_steps: K, flow steps per level.
+      hidden_width: channels of the coupling networks (512 in the paper).
+      coupling: ``'affine'`` or ``'additive'``.
+      permutation: ``'invconv'`` (learned 1x1 convolution), ``'shuffle'`` or ``'reverse'``.
+      lu_decomposed: use the LU parametrisation of the 1x1 convolution.
+      learn_top: learn the top prior's per-position mean and log-std.
+      num_classes: > 0 makes the top prior class-conditional (labels as int ids).
+      weight_y: > 0 (with classes) adds the original's classifier head on the top latent.
+      n_bits: bits per pixel of the data (for bits/dim).
+      seed: seed of every random initial value (rotations, shuffles, conv kernels).
+      dtype: float dtype of variables and computation.
+      name: module name.
+
+    Raises:
+      ValueError: naming any argument outside its valid range.
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        num_levels: int = 3,
+        num_steps: int = 32,
+        hidden_width: int = 512,
+        coupling: str = "affine",
+        permutation: str = "invconv",
+        lu_decomposed: bool = False,
+        learn_top: bool = False,
+        num_classes: int = 0,
+        weight_y: float = 0.0,
+        n_bits: int = 8,
+        seed: int | None = 0,
+        dtype: tf.DType = tf.float32,
+        name: str = "glow",
+    ):
+        super().__init__(name=name)
+        if len(image_shape) != 3:
+            raise ValueError(f"image_shape must be [height, width, channels], got {list(image_shape)!r}.")
+        self.image_shape = tuple(_positive_int(d, "every entry of image_shape") for d in image_shape)
+        self.num_levels = _positive_int(num_levels, "num_levels")
+        self.num_steps = _positive_int(num_steps, "num_steps")
+        self.hidden_width = _positive_int(hidden_width, "hidden_width")
+        self.n_bits = validate_n_bits(n_bits)
+        if coupling not in COUPLING_KINDS:
+            raise ValueError(f"Unknown coupling {coupling!r}; valid couplings are {COUPLING_KINDS}.")
+        if permutation not in PERMUTATIONS:
+            raise ValueError(f"Unknown permutation {permutation!r}; valid permutations are {PERMUTATIONS}.")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}.")
+        if weight_y < 0:
+            raise ValueError(f"weight_y must be >= 0, got {weight_y!r}.")
+        height, width, _ = self.image_shape
+        scale = 2**self.num_levels
+        if height % scale or width % scale:
+            raise ValueError(
+                f"image_shape {self.image_shape}: height and width must be divisible by 2**num_levels = {scale} "
+                f"(num_levels={self.num_levels}); use fewer levels or another image size."
+            )
+        self.coupling = coupling
+        self.permutation = permutation
+        self.lu_decomposed = bool(lu_decomposed)
+        self.learn_top = bool(learn_top)
+        self.num_classes = num_classes
+        self.weight_y = float(weight_y)
+        self.dtype = dtype
+
+        rng = np.random.default_rng(seed)
+        levels, latent_shapes = [], []
+        shape = list(self.image_shape)
+        for i in range(self.num_levels):
+            shape = squeezed_shape(shape)
+            layers = [Squeeze(name=f"level{i}_squeeze")]
+            for k in range(self.num_steps):
+                layers += self._flow_step(shape[-1], f"level{i}_step{k}", rng)
+            if i < self.num_levels - 1:
+                split = SplitPrior(shape[-1], dtype=dtype, name=f"level{i}_split_prior")
+                kept = split.split_channels
+                latent_shapes.append((shape[0], shape[1], shape[2] - kept))
+                levels.append(_Level(layers, split, kept, name=f"level{i}"))
+                shape = [shape[0], shape[1], kept]
+            else:
+                levels.append(_Level(layers, None, shape[-1], name=f"level{i}"))
+        self.levels = levels
+        self.top_shape = tuple(shape)
+        self.latent_shapes = (*latent_shapes, self.top_shape)  # shapes of encode()'s latents
+        self.top_prior = TopPrior(shape, learn_top=learn_top, num_classes=num_classes, dtype=dtype, name="top_prior")
+        self.classifier = (
+            nn.LinearZeros(shape[-1], num_classes, dtype=dtype, name="classifier")
+            if num_classes and weight_y > 0
+            else None
+        )
+        self.bijector = self._build_chain()
+        self.latent_size = metrics.num_dims(self.image_shape)
+        base = tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)), [self.latent_size])
+        self.distribution = tfd.TransformedDistribution(base, self.bijector, name="glow_distribution")
+
+    # ------------------------------------------------------------------ build
+    def _flow_step(self, channels: int, prefix: str, rng: np.random.Generator) -> list[tfb.Bijector]:
+        dtype = self.dtype
+        layers = [ActNorm(channels, dtype=dtype, name=f"{prefix}_actnorm")]
+        if self.permutation == "invconv":
+            conv = LUInvertibleConv1x1 if self.lu_decomposed else InvertibleConv1x1
+            layers.append(conv(channels, seed=rng, dtype=dtype, name=f"{prefix}_invconv"))
+        else:
+            layers.append(
+                ChannelPermutation(
+                    channels, self.permutation, seed=rng, dtype=dtype, name=f"{prefix}_{self.permutation}"
+                )
+            )
+        coupling = AffineCoupling if self.coupling == "affine" else AdditiveCoupling
+        layers.append(coupling(channels, self.hidden_width, seed=rng, dtype=dtype, name=f"{prefix}_coupling"))
+        return layers
+
+    def _build_chain(self) -> tfb.Bijector:
+        """``Chain`` of every level in encode order; each split hands the kept half to a ``FactorOut`` of the rest."""
+        top_size = metrics.num_dims(self.top_shape)
+        flatten = tfb.Reshape(event_shape_out=self.top_shape, event_shape_in=[top_size], name="flatten_top")
+        last = self.levels[-1]
+        inner = tfb.Chain([*last.layers, self.top_prior, flatten], name=f"level{self.num_levels - 1}")
+        for i in reversed(range(self.num_levels - 1)):
+            level = self.levels[i]
+            pre_split = (*self.latent_shapes[i][:2], self.latent_shapes[i][2] + level.kept_channels)
+            factor_out = FactorOut(inner, pre_split, level.kept_channels, name=f"level{i}_factor_out")
+            inner = tfb.Chain([*level.layers, level.split_prior, factor_out], name="glow" if i == 0 else f"level{i}")
+        return inner
+
+    def bijector_kwargs(self, labels: tf.Tensor | None = None) -> dict:
+        """Conditioning keyword arguments for ``bijector`` / ``distribution`` methods.
+
+        ``model.distribution.log_prob(x, bijector_kwargs=model.bijector_kwargs(y))``.
+        """
+        if labels is None:
+            return {}
+        kwargs = {self.top_prior.name: {"labels": labels}}
+        for i in reversed(range(self.num_levels - 1)):
+            kwargs = {f"level{i}_factor_out": kwargs}
+        return kwargs
+
+    # ------------------------------------------------------------- properties
+    @property
+    def actnorms(self) -> list[nn.ActNormModule]:
+        """Every actnorm, in the flow and inside the coupling networks."""
+        return [m for m in self.submodules if isinstance(m, nn.ActNormModule)]
+
+    @property
+    def initialized(self) -> bool:
+        """True once every actnorm has had its data-dependent init (read eagerly)."""
+        return all(bool(m.initialized.numpy()) for m in self.actnorms)
+
+    # ---------------------------------------------------------------- checks
+    def _check_images(self, images: tf.Tensor, what: str) -> tf.Tensor:
+        images = tf.convert_to_tensor(images)
+        if not images.dtype.is_floating:
+            raise ValueError(
+                f"{what} expects float images in the model space (glow_tf.preprocess then dequantize), "
+                f"got dtype {images.dtype.name}."
+            )
+        expected = [None, *self.image_shape]
+        if images.shape.rank != 4 or not tf.TensorShape(expected).is_compatible_with(images.shape):
+            raise ValueError(f"{what} expects images of shape {expected}, got {images.shape}.")
+        return tf.cast(images, self.dtype)
+
+    def _check_labels(self, labels, what: str):
+        if self.num_classes and labels is None:
+            raise ValueError(f"{what}: the model is class-conditional ({self.num_classes} classes); pass labels.")
+        if not self.num_classes and labels is not None:
+            raise ValueError(f"{what}: the model is not class-conditional (num_classes=0) but labels were passed.")
+        return labels
+
+    def _check_latents(self, latents: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        if len(latents) != len(self.latent_shapes):
+            raise ValueError(
+                f"decode expects {len(self.latent_shapes)} latents of shapes {self.latent_shapes}, got {len(latents)}."
+            )
+        checked = []
+        for i, (eps, shape) in enumerate(zip(latents, self.latent_shapes)):
+            eps = tf.convert_to_tensor(eps, self.dtype)
+            if not tf.TensorShape([None, *shape]).is_compatible_with(eps.shape):
+                raise ValueError(f"decode: latent {i} must have shape {[None, *shape]}, got {eps.shape.as_list()}.")
+            checked.append(eps)
+        return checked
+
+    # ------------------------------------------------------------- fused walk
+    def _encode_with_log_det(self, x: tf.Tensor, labels=None) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+        """One encode pass evaluating each network once.
+
+        Returns:
+          ``(latents, ildj, z_top)``: the standardised eps of every level, the total
+          ``[B]`` inverse log-det (priors included) and the top latent before its prior.
+        """
+        latents, total = [], tf.zeros(tf.shape(x)[:1], x.dtype)
+        for level in self.levels:
+            for layer in level.layers:
+                x, log_det = layer.inverse_and_log_det(x)
+                total += log_det
+            if level.split_prior is not None:
+                x, log_det = level.split_prior.inverse_and_log_det(x)
+                total += log_det
+                latents.append(x[..., level.kept_channels :])
+                x = x[..., : level.kept_channels]
+        eps, log_det = self.top_prior.inverse_and_log_det(x, labels=labels)
+        latents.append(eps)
+        return latents, total + log_det, x
+
+    # ------------------------------------------------------------- public API
+    def initialize(self, images: tf.Tensor, labels: tf.Tensor | None = None, force: bool = False) -> bool:
+        """Data-dependent init of every actnorm on one batch, in the encode direction.
+
+        Each actnorm (flow and networks) gets per-channel mean 0 and std 1 at its
+        output on this batch. A model that is already initialised (for example
+        restored from a checkpoint) is left unchanged unless ``force``.
+
+        Args:
+          images: ``[B, H, W, C]`` float images in the model space.
+          labels: class labels for a class-conditional model.
+          force: re-initialise even if already initialised.
+
+        Returns:
+          True if the init ran.
+        """
+        images = self._check_images(images, "initialize")
+        labels = self._check_labels(labels, "initialize")
+        if self.initialized and not force:
+            return False
+        with nn.data_dependent_init():
+            self._encode_with_log_det(images, labels)
+        return True
+
+    def log_prob(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> tf.Tensor:
+        """``[B]`` log-density in nats of float images in the model space."""
+        images = self._check_images(images, "log_prob")
+        latents, log_det, _ = self._encode_with_log_det(images, self._check_labels(labels, "log_prob"))
+        return log_det + tf.add_n([standard_normal_log_prob(eps) for eps in latents])
+
+    def bits_per_dim(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> tf.Tensor:
+        """``[B]`` bits/dim of the quantised data (the original's objective)."""
+        return metrics.bits_per_dim(self.log_prob(images, labels), self.image_shape, self.n_bits)
+
+    def objective(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """Per-example training terms from one fused pass.
+
+        Returns:
+          A dict of ``[B]`` tensors: ``log_prob`` (nats), ``bits_per_dim`` and
+          ``loss`` (= bits_per_dim + weight_y * class_bits); with the classifier head
+          also ``class_bits`` (cross-entropy / ln 2) and ``logits`` ``[B, classes]``.
+        """
+        images = self._check_images(images, "objective")
+        labels = self._check_labels(labels, "objective")
+        latents, log_det, z_top = self._encode_with_log_det(images, labels)
+        log_prob = log_det + tf.add_n([standard_normal_log_prob(eps) for eps in latents])
+        bpd = metrics.bits_per_dim(log_prob, self.image_shape, self.n_bits)
+        out = {"log_prob": log_prob, "bits_per_dim": bpd, "loss": bpd}
+        if self.classifier is not None:
+            logits = self.classifier(tf.reduce_mean(z_top, axis=[1, 2]))
+            onehot = self.top_prior.one_hot(labels)
+            class_bits = metrics.nats_to_bits(tf.nn.softmax_cross_entropy_with_logits(onehot, logits))
+            out.update(logits=logits, class_bits=class_bits, loss=bpd + self.weight_y * class_bits)
+        return out
+
+    def encode(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> list[tf.Tensor]:
+        """Standardised latents of every level: ``[eps_split_0, ..., eps_top]`` (shapes ``latent_shapes``)."""
+        images = self._check_images(images, "encode")
+        return self._encode_with_log_det(images, self._check_labels(labels, "encode"))[0]
+
+    def decode(self, latents: Sequence[tf.Tensor], labels: tf.Tensor | None = None) -> tf.Tensor:
+        """The exact inverse of :meth:`encode`: float images in the model space."""
+        latents = self._check_latents(latents)
+        labels = self._check_labels(labels, "decode")
+        z = self.top_prior._forward(latents[-1], labels=labels)
+        for i in reversed(range(self.num_levels)):
+            level = self.levels[i]
+            if level.split_prior is not None:
+                z = level.split_prior._forward(tf.concat([z, latents[i]], axis=-1))
+            for layer in reversed(level.layers):
+                z = layer._forward(z)
+        return z
+
+    def sample(
+        self,
+        num_samples: int | tf.Tensor,
+        temperature: float | tf.Tensor = 0.7,
+        labels: tf.Tensor | None = None,
+        seed: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        """Samples float images (model space) at a temperature, as the original.
+
+        ``T`` scales only the noise: at the top and at every split
+        ``z = mean + exp(logs) * T * eps``, ``eps ~ N(0, 1)``; ``T = 0`` is the
+        deterministic chain of means. Use :func:`glow_tf.postprocess` for uint8.
+
+        Args:
+          num_samples: number of images.
+          temperature: ``T >= 0``.
+          labels: ``[num_samples]`` class ids for a class-conditional model.
+          seed: optional shape-[2] seed for stateless (reproducible) noise.
+
+        Raises:
+          ValueError: for a negative temperature.
+        """
+        labels = self._check_labels(labels, "sample")
+        if isinstance(temperature, (int, float)):
+            if temperature < 0:
+                raise ValueError(f"temperature must be >= 0, got {temperature!r}.")
+            temperature = tf.constant(temperature, self.dtype)
+        else:
+            temperature = tf.cast(temperature, self.dtype)
+            tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0")
+        latents = []
+        for i, shape in enumerate(self.latent_shapes):
+            full = tf.concat([tf.reshape(num_samples, [1]), shape], 0)
+            if seed is None:
+                eps = tf.random.normal(full, dtype=self.dtype)
+            else:
+                eps = tf.random.stateless_normal(
+                    full, tf.random.experimental.stateless_fold_in(seed, i), dtype=self.dtype
+                )
+            latents.append(temperature * eps)
+        return self.decode(latents, labels)
+
+    def flatten_latents(self, latents: Sequence[tf.Tensor]) -> tf.Tensor:
+        """``[B, D]``: the per-level latents in ``bijector``'s flat latent layout."""
+        return tf.concat([tf.reshape(eps, [tf.shape(eps)[0], -1]) for eps in latents], axis=-1)
+
+    def unflatten_latents(self, flat: tf.Tensor) -> list[tf.Tensor]:
+        """Inverse of :meth:`flatten_latents`."""
+        sizes = [metrics.num_dims(s) for s in self.latent_shapes]
+        parts = tf.split(flat, sizes, axis=-1)
+        return [tf.reshape(p, [-1, *s]) for p, s in zip(parts, self.latent_shapes)]
