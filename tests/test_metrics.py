@@ -24,9 +24,13 @@ def test_uniform_density_on_the_data_cube_gives_n_bits(n_bits):
 
 def test_hand_computed_bits_per_dim():
     # D = 2 dims, log p = -1.5 nats, 8 bits: (1.5 + 2 * 8 ln 2) / (2 ln 2) = 8 + 0.75 / ln 2.
-    assert metrics.bits_per_dim(tf.constant([-1.5], tf.float64), [1, 1, 2], 8).numpy()[0] == pytest.approx(9.0820212806, 1e-9)
+    assert metrics.bits_per_dim(tf.constant([-1.5], tf.float64), [1, 1, 2], 8).numpy()[0] == pytest.approx(
+        9.0820212806, 1e-9
+    )
     # 5 bits, D = 3, log p = +0.3: (-0.3 + 3 * 5 ln 2) / (3 ln 2) = 5 - 0.1 / ln 2.
-    assert metrics.bits_per_dim(tf.constant([0.3], tf.float64), [1, 3, 1], 5).numpy()[0] == pytest.approx(4.8557304959, 1e-9)
+    assert metrics.bits_per_dim(tf.constant([0.3], tf.float64), [1, 3, 1], 5).numpy()[0] == pytest.approx(
+        4.8557304959, 1e-9
+    )
     assert metrics.discrete_log_likelihood(0.0, [2, 2, 1], 1) == pytest.approx(-4 * math.log(2.0))
 
 
