@@ -1,0 +1,388 @@
+"""One measurement function per benchmarked system (run inside a child process).
+
+Every ``measure_*`` function takes a :class:`BenchConfig` and :class:`RunOptions` and
+returns a flat dict of measurements (see :func:`_measure`). Each system only has to
+say how to build itself, how to initialise, and provide three callables: a training
+step ``train(x) -> loss``, ``sample() -> images`` and ``evaluate(x) -> log_prob``.
+To time another training step (for example ``glow_tf.train_lib.Trainer.train_step``)
+add a builder returning a :class:`SystemFns` and register it in :data:`SYSTEMS`.
+
+TensorFlow is imported lazily (inside the functions) so the parent process, which
+only orchestrates, never loads it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["BenchConfig", "RunOptions", "SystemFns", "CONFIGS", "SYSTEMS", "JIT_SYSTEMS", "measure", "matmul_gflops"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A model size and its default measurement lengths."""
+
+    name: str
+    image_shape: tuple[int, int, int] = (32, 32, 3)
+    num_levels: int = 3
+    num_steps: int = 8
+    hidden_width: int = 128
+    batch_size: int = 16
+    timed_steps: int = 20
+    warmup_steps: int = 3
+    timed_calls: int = 10  # sampling / eval calls timed
+    temperature: float = 0.7
+    num_samples: int = 16
+
+
+CONFIGS: dict[str, BenchConfig] = {
+    "bench-32": BenchConfig("bench-32"),
+    "paper-width": BenchConfig(
+        "paper-width", num_steps=32, hidden_width=512, timed_steps=4, warmup_steps=1, timed_calls=3
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Per-run settings shared by every system."""
+
+    threads: int = 2
+    steps: int | None = None  # overrides BenchConfig.timed_steps
+    seed: int = 0
+
+
+@dataclass
+class SystemFns:
+    """What a system provides to the generic timing loop."""
+
+    train: Callable[[Any], Any]
+    sample: Callable[[], Any]
+    evaluate: Callable[[Any], Any]
+    loss_to_bits_per_dim: Callable[[float], float]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _import_tf(threads: int):
+    """Imports TensorFlow quietly and pins both thread pools to ``threads``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return tf
+
+
+def _images(config: BenchConfig, seed: int):
+    """Uniform "images" in [-0.5, 0.5): the same batch for every system."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-0.5, 0.5, size=(config.batch_size, *config.image_shape)).astype(np.float32)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Runs ``fn`` and pulls its result to host memory; returns ``(seconds, numpy result)``."""
+    start = time.perf_counter()
+    out = fn()
+    out = out.numpy() if hasattr(out, "numpy") else out
+    return time.perf_counter() - start, out
+
+
+def _median_rate(times: list[float], items: int) -> dict[str, float]:
+    """Images/s from the median of per-call times, plus spread."""
+    med = statistics.median(times)
+    return {
+        "images_per_s": items / med,
+        "median_s": med,
+        "min_s": min(times),
+        "max_s": max(times),
+        "calls": len(times),
+    }
+
+
+def _bits_per_dim_fn(config: BenchConfig, n_bits: int = 8) -> Callable[[float], float]:
+    """Mean negative log-likelihood (nats, model space) -> bits/dim of 8-bit data."""
+    dims = math.prod(config.image_shape)
+    return lambda nll: nll / (dims * math.log(2.0)) + n_bits
+
+
+# --------------------------------------------------------------------------- systems
+def build_glow_tf(config: BenchConfig, options: RunOptions, jit: bool, images) -> tuple[SystemFns, float]:
+    """glow_tf.Glow with the fused ``objective`` loss and legacy Adamax in one tf.function.
+
+    Returns the system's callables and the seconds spent in ``model.initialize``.
+    """
+    import tensorflow as tf
+    import tf_keras
+
+    from glow_tf import Glow
+
+    model = Glow(
+        config.image_shape,
+        num_levels=config.num_levels,
+        num_steps=config.num_steps,
+        hidden_width=config.hidden_width,
+        coupling="affine",
+        permutation="invconv",
+        lu_decomposed=True,
+        learn_top=True,
+        seed=options.seed,
+    )
+    init_start = time.perf_counter()
+    model.initialize(tf.constant(images))
+    init_s = time.perf_counter() - init_start
+    optimizer = tf_keras.optimizers.legacy.Adamax(1e-3)
+    variables = model.trainable_variables
+    spec = [tf.TensorSpec([None, *config.image_shape], tf.float32)]
+
+    @tf.function(input_signature=spec, jit_compile=jit)
+    def train(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(model.objective(x)["loss"])
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    @tf.function(jit_compile=jit)
+    def sample():
+        return model.sample(config.num_samples, config.temperature)
+
+    @tf.function(input_signature=spec, jit_compile=jit)
+    def evaluate(x):
+        return model.log_prob(x)
+
+    info = {
+        "train_loss": "mean(model.objective(x)['loss']) (bits/dim), tf_keras legacy Adamax(1e-3)",
+        "input_signature": "[None, H, W, C]",
+        "num_trainable_variables": len(variables),
+        "num_parameters": int(sum(v.shape.num_elements() for v in variables)),
+    }
+    return SystemFns(train, sample, evaluate, lambda bpd: bpd, info), init_s
+
+
+def build_tfb_glow(config: BenchConfig, options: RunOptions, jit: bool, images) -> tuple[SystemFns, float]:
+    """``tfp.bijectors.Glow`` at the same size, trained as a TransformedDistribution.
+
+    Coupling networks are ``GlowDefaultNetwork(num_hidden=hidden_width)`` (affine),
+    exits ``GlowDefaultExitNetwork`` (learned split prior, zero-initialised). It has no
+    learned top prior (its top is a fixed N(0, 1)). Its ActNorm initialises lazily on
+    the first batch it sees, so an eager ``log_prob`` on data runs first (reported as
+    the init time). Its squeeze fails with an unknown batch size, so the input
+    signature has a fixed batch.
+    """
+    import functools
+
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+    import tf_keras
+
+    tfb, tfd = tfp.bijectors, tfp.distributions
+    tf.random.set_seed(options.seed)
+    glow = tfb.Glow(
+        output_shape=config.image_shape,
+        num_glow_blocks=config.num_levels,
+        num_steps_per_block=config.num_steps,
+        coupling_bijector_fn=functools.partial(tfb.GlowDefaultNetwork, num_hidden=config.hidden_width),
+        exit_bijector_fn=tfb.GlowDefaultExitNetwork,
+        seed=options.seed,
+    )
+    latent_size = int(glow.inverse_event_shape(config.image_shape)[0])
+    dist = tfd.TransformedDistribution(tfd.Sample(tfd.Normal(0.0, 1.0), [latent_size]), glow)
+    init_start = time.perf_counter()
+    dist.log_prob(tf.constant(images)).numpy()  # lazy ActNorm init on data, not on noise
+    init_s = time.perf_counter() - init_start
+    optimizer = tf_keras.optimizers.legacy.Adamax(1e-3)
+    variables = glow.trainable_variables
+    spec = [tf.TensorSpec([config.batch_size, *config.image_shape], tf.float32)]
+
+    @tf.function(input_signature=spec, jit_compile=jit)
+    def train(x):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(dist.log_prob(x))
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    @tf.function(jit_compile=jit)
+    def sample():
+        z = config.temperature * tf.random.normal([config.num_samples, latent_size])
+        return glow.forward(z)
+
+    @tf.function(input_signature=spec, jit_compile=jit)
+    def evaluate(x):
+        return dist.log_prob(x)
+
+    info = {
+        "train_loss": "-mean(TransformedDistribution.log_prob(x)) (nats), tf_keras legacy Adamax(1e-3)",
+        "input_signature": f"[{config.batch_size}, H, W, C] (fixed batch: tfb.Glow fails with None)",
+        "num_trainable_variables": len(variables),
+        "num_parameters": int(sum(v.shape.num_elements() for v in variables)),
+        "differences": "no learned top prior; no actnorm inside coupling networks; he_normal init",
+    }
+    return SystemFns(train, sample, evaluate, _bits_per_dim_fn(config), info), init_s
+
+
+def build_glow_tf_trainer(config: BenchConfig, options: RunOptions, jit: bool, images) -> tuple[SystemFns, float]:
+    """glow_tf through the public ``glow_tf.train_lib.Trainer(...).train_step``.
+
+    The config is ``config_lib.default_config()`` with the benchmark's model size,
+    batch and seed; data are the offline scikit-learn digits resized to the image
+    shape (one distributed batch drawn once, so the input pipeline is not timed).
+    The step includes what the public step does: dequantisation noise, the
+    finite-gradient guard, the warm-up schedule. ``Trainer`` construction (strategy,
+    dataset, checkpoint manager, summary writers) counts as construction; its
+    ``initialize()`` (data-dependent init) is reported as the init time.
+    ``jit`` is not supported (the public step is not compiled with XLA).
+    """
+    import tempfile
+
+    import tensorflow as tf
+
+    from glow_tf import config_lib, train_lib
+
+    if jit:
+        raise NotImplementedError("glow_tf_trainer has no XLA variant.")
+    height, width, channels = config.image_shape
+    if height != width:
+        raise NotImplementedError("glow_tf_trainer needs square images.")
+    cfg = config_lib.default_config()
+    cfg.seed = options.seed
+    cfg.data.name, cfg.data.image_size, cfg.data.channels = "digits", height, channels
+    cfg.model.num_levels, cfg.model.num_steps = config.num_levels, config.num_steps
+    cfg.model.hidden_width, cfg.model.coupling = config.hidden_width, "affine"
+    cfg.model.permutation, cfg.model.lu_decomposed, cfg.model.learn_top = "invconv", True, True
+    cfg.train.batch_size = cfg.train.n_init = config.batch_size
+    cfg.optim.ema_decay = 0.0
+    trainer = train_lib.Trainer(cfg, tempfile.mkdtemp(prefix="bench_trainer_"))
+    init_start = time.perf_counter()
+    trainer.initialize()
+    init_s = time.perf_counter() - init_start
+    batch = next(iter(trainer.make_dataset(0)))
+    model = trainer.model
+    spec = [tf.TensorSpec([None, *config.image_shape], tf.float32)]
+    sample = tf.function(lambda: model.sample(config.num_samples, config.temperature))
+    evaluate = tf.function(model.log_prob, input_signature=spec)
+    info = {
+        "train_loss": "Trainer.train_step (bits/dim; legacy Adamax with linear warm-up, finite guard)",
+        "input_signature": "the Trainer's distributed dataset element_spec",
+        "num_trainable_variables": len(trainer.variables),
+        "num_parameters": int(sum(v.shape.num_elements() for v in trainer.variables)),
+        "data": "sklearn digits resized to the image shape (one batch, reused)",
+    }
+    train = lambda _x: trainer.train_step(batch)["loss"]  # the batch is fixed: no input pipeline in the timing
+    return SystemFns(train, sample, evaluate, lambda bpd: bpd, info), init_s
+
+
+Builder = Callable[[BenchConfig, RunOptions, bool, Any], tuple[SystemFns, float]]
+
+# system name -> (builder, jit_compile)
+SYSTEMS: dict[str, tuple[Builder, bool]] = {
+    "glow_tf": (build_glow_tf, False),
+    "tfb_glow": (build_tfb_glow, False),
+    "glow_tf_xla": (build_glow_tf, True),
+    "tfb_glow_xla": (build_tfb_glow, True),
+    "glow_tf_trainer": (build_glow_tf_trainer, False),
+}
+JIT_SYSTEMS = ("glow_tf_xla", "tfb_glow_xla")
+
+
+# --------------------------------------------------------------------------- timing
+def _time_calls(fn: Callable[[], Any], warmup: int, timed: int) -> tuple[float, list[float], Any]:
+    """First call (tracing included), ``warmup`` untimed calls, then ``timed`` timed calls."""
+    first_s, out = _timed(fn)
+    for _ in range(warmup):
+        _, out = _timed(fn)
+    times = []
+    for _ in range(timed):
+        seconds, out = _timed(fn)
+        times.append(seconds)
+    return first_s, times, out
+
+
+def _measure_train(fns: SystemFns, x, config: BenchConfig, steps: int) -> dict[str, Any]:
+    """First step, warm-up and timed training steps."""
+    import numpy as np
+
+    first_s, loss0 = _timed(lambda: fns.train(x))
+    for _ in range(config.warmup_steps):
+        _timed(lambda: fns.train(x))
+    times, loss = [], None
+    for _ in range(steps):
+        seconds, loss = _timed(lambda: fns.train(x))
+        times.append(seconds)
+    return {
+        "first_step_s": first_s,
+        "train": _median_rate(times, config.batch_size),
+        "first_loss_bits_per_dim": fns.loss_to_bits_per_dim(float(loss0)),
+        "last_loss_bits_per_dim": fns.loss_to_bits_per_dim(float(loss)),
+        "loss_finite": bool(np.isfinite(loss)),
+    }
+
+
+def _measure_optional(name: str, fn: Callable[[], Any], config: BenchConfig, items: int) -> dict[str, Any]:
+    """Times a sampling or eval function; records an error instead of failing the system."""
+    import numpy as np
+
+    try:
+        first_s, times, out = _time_calls(fn, warmup=1, timed=config.timed_calls)
+    except Exception as err:  # noqa: BLE001 - report, keep the other measurements
+        return {f"{name}_error": f"{type(err).__name__}: {str(err)[:300]}"}
+    return {
+        f"{name}_first_call_s": first_s,
+        name: _median_rate(times, items),
+        f"{name}_finite": bool(np.all(np.isfinite(out))),
+    }
+
+
+def measure(system: str, config: BenchConfig, options: RunOptions) -> dict[str, Any]:
+    """Measures one system at one config in this process; returns a JSON-friendly dict."""
+    tf = _import_tf(options.threads)
+    builder, jit = SYSTEMS[system]
+    images = _images(config, options.seed)
+    rss_after_import = _peak_rss_mib()
+    result: dict[str, Any] = {"system": system, "config": asdict(config), "jit_compile": jit}
+    start = time.perf_counter()
+    fns, init_s = builder(config, options, jit, images)
+    construct_s = time.perf_counter() - start - init_s
+    x = tf.constant(images)
+    result.update(_measure_train(fns, x, config, options.steps or config.timed_steps))
+    result["peak_rss_after_train_mib"] = _peak_rss_mib()
+    result.update(_measure_optional("sample", fns.sample, config, config.num_samples))
+    result.update(_measure_optional("eval", lambda: fns.evaluate(x), config, config.batch_size))
+    result.update(
+        construct_s=construct_s,
+        init_s=init_s,
+        time_to_first_step_s=construct_s + result["first_step_s"],
+        time_to_first_step_incl_init_s=construct_s + init_s + result["first_step_s"],
+        peak_rss_mib=_peak_rss_mib(),
+        rss_after_tf_import_mib=rss_after_import,
+        info=fns.info,
+        tf_version=tf.__version__,
+    )
+    return result
+
+
+def matmul_gflops(threads: int, size: int = 2048, calls: int = 10) -> dict[str, Any]:
+    """Float32 ``size x size`` matmul throughput: median of ``calls`` timed calls after warm-up."""
+    tf = _import_tf(threads)
+    a = tf.random.normal([size, size], seed=1)
+    b = tf.random.normal([size, size], seed=2)
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))  # the sum is O(n^2), the matmul O(n^3)
+    _, times, _ = _time_calls(matmul, warmup=2, timed=calls)
+    flops = 2.0 * size**3
+    med = statistics.median(times)
+    return {"size": size, "calls": calls, "gflops_median": flops / med / 1e9, "gflops_best": flops / min(times) / 1e9}

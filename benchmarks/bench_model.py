@@ -1,0 +1,282 @@
+"""Model benchmark: glow_tf against ``tfp.bijectors.Glow`` at the same config, in one run.
+
+For each config and system it measures, in a fresh child process (so peak RSS is per
+system): training images/s (log-likelihood + gradients + optimizer update in one
+``tf.function``; median over timed steps after warm-up), sampling images/s (16
+images at T = 0.7), eval (``log_prob`` only) images/s, peak RSS, and the time to
+the first training step (model construction + first step including tracing; the
+data-dependent init is reported separately). Systems are interleaved
+(A, B, A, B, ... over ``--repeats``) so drift in machine load hits all of them, and
+the glow_tf / tfb.Glow ratios are taken within each repeat (paired) before the
+median. The machine's float32 matmul GFLOP/s is measured in the same run (before
+and after each config) and each training step's achieved GFLOP/s is reported as a
+fraction of it, with FLOPs counted analytically (see ``_bench_flops.METHOD``).
+
+Usage::
+
+    python benchmarks/bench_model.py                      # bench-32, glow_tf vs tfb_glow, 2 repeats
+    python benchmarks/bench_model.py --configs bench-32 paper-width --jit --repeats 1
+    python benchmarks/bench_model.py --systems glow_tf --steps 50
+
+Writes ``benchmarks/results/bench_model-<timestamp>.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for _path in (str(HERE), str(ROOT)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from _bench_flops import METHOD, glow_flops  # noqa: E402
+from _bench_systems import CONFIGS, JIT_SYSTEMS, SYSTEMS, RunOptions, matmul_gflops, measure  # noqa: E402
+
+DEFAULT_SYSTEMS = ("glow_tf", "tfb_glow")
+CHILD_TIMEOUT_S = 1800
+# summary metric -> whether higher is better (for reading the glow_tf / tfb.Glow ratios)
+HIGHER_IS_BETTER = {
+    "train_images_per_s": True,
+    "sample_images_per_s": True,
+    "eval_images_per_s": True,
+    "peak_rss_mib": False,
+    "time_to_first_step_s": False,
+}
+
+
+# ------------------------------------------------------------------ arguments
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags (the ``--_child*`` ones are internal)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=["bench-32"], choices=sorted(CONFIGS))
+    parser.add_argument(
+        "--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=sorted(SYSTEMS), help="systems to time"
+    )
+    parser.add_argument("--jit", action="store_true", help=f"also time {', '.join(JIT_SYSTEMS)}")
+    parser.add_argument("--steps", type=int, default=None, help="timed training steps (default: per config)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every system")
+    parser.add_argument("--threads", type=int, default=2, help="intra- and inter-op threads")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON result")
+    parser.add_argument("--_child", help=argparse.SUPPRESS)
+    parser.add_argument("--_config", help=argparse.SUPPRESS)
+    parser.add_argument("--_result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.threads < 1 or (args.steps is not None and args.steps < 1):
+        parser.error("--repeats, --threads and --steps must be positive")
+    if args.jit:
+        args.systems += [s for s in JIT_SYSTEMS if s not in args.systems]
+    return args
+
+
+# ------------------------------------------------------------------ child side
+def child_main(args: argparse.Namespace) -> None:
+    """Runs one measurement in this process and writes its JSON to ``args._result``."""
+    options = RunOptions(threads=args.threads, steps=args.steps)
+    if args._child == "matmul":
+        result = matmul_gflops(args.threads)
+    else:
+        result = measure(args._child, CONFIGS[args._config], options)
+    Path(args._result).write_text(json.dumps(result))
+
+
+# ------------------------------------------------------------------ parent side
+def run_child(what: str, config: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Runs ``what`` (a system or ``'matmul'``) in a fresh Python process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", what, "--_config", config]
+        cmd += ["--_result", str(out), "--threads", str(args.threads)]
+        if args.steps is not None:
+            cmd += ["--steps", str(args.steps)]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
+        load_before = os.getloadavg()[0]
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+            returncode, stderr = proc.returncode, proc.stderr
+        except subprocess.TimeoutExpired as err:
+            returncode, stderr = -1, f"timed out after {CHILD_TIMEOUT_S} s: {err}"
+        wall_s = time.perf_counter() - start
+        if returncode == 0 and out.exists():
+            result = json.loads(out.read_text())
+        else:
+            result = {"error": f"exit {returncode}: {stderr[-2000:]}"}
+    result.update(what=what, config_name=config, wall_s=wall_s, loadavg_1min_before=load_before)
+    return result
+
+
+def _get(run: dict[str, Any], metric: str) -> float | None:
+    """One scalar metric of a run (``<phase>_images_per_s`` or a top-level key), or None if it failed."""
+    if metric.endswith("_images_per_s"):
+        return run.get(metric.removesuffix("_images_per_s"), {}).get("images_per_s")
+    return run.get(metric)
+
+
+def _median(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarise(config: str, runs: list[dict], matmuls: list[dict], systems: list[str]) -> dict[str, Any]:
+    """Medians per system, paired ratios glow_tf* / tfb_glow*, and the fraction of matmul peak."""
+    cfg = CONFIGS[config]
+    flops = glow_flops(cfg.image_shape, cfg.num_levels, cfg.num_steps, cfg.hidden_width, True, cfg.batch_size)
+    peak = _median([m.get("gflops_median") for m in matmuls])
+    per_system: dict[str, Any] = {}
+    for system in systems:
+        mine = [r for r in runs if r["what"] == system]
+        row = {m: _median([_get(r, m) for r in mine]) for m in HIGHER_IS_BETTER}
+        row["init_s"] = _median([r.get("init_s") for r in mine])
+        row["repeats"] = len(mine)
+        row["errors"] = sorted({str(v)[:300] for r in mine for k, v in r.items() if k.endswith("error")})
+        row["notes"] = sorted({note for r in mine for note in _sanity_notes(r)})
+        if row["train_images_per_s"] is not None:
+            row["train_gflops"] = row["train_images_per_s"] * flops.train / 1e9
+            row["fraction_of_matmul_peak"] = row["train_gflops"] / peak if peak else None
+        per_system[system] = row
+    ratios = {}
+    for ours in (s for s in systems if s.startswith("glow_tf")):
+        for theirs in (s for s in systems if s.startswith("tfb_glow")):
+            ratios[f"{ours}/{theirs}"] = _paired_ratios(runs, ours, theirs)
+    return {
+        "flops": {"method": METHOD, **flops.as_dict()},
+        "matmul_gflops_median": peak,
+        "systems": per_system,
+        "ratios": ratios,
+    }
+
+
+def _sanity_notes(run: dict[str, Any]) -> list[str]:
+    """Warnings about a run's outputs (non-finite loss or samples)."""
+    notes = []
+    if run.get("loss_finite") is False:
+        notes.append("training loss became non-finite")
+    for phase in ("sample", "eval"):
+        if run.get(f"{phase}_finite") is False:
+            notes.append(f"{phase} output has non-finite values")
+    return notes
+
+
+def _paired_ratios(runs: list[dict], ours: str, theirs: str) -> dict[str, float | None]:
+    """Median over repeats of (ours / theirs) taken within the same repeat."""
+    out = {}
+    for metric in HIGHER_IS_BETTER:
+        pairs = []
+        for rep in sorted({r["repeat"] for r in runs}):
+            a = next((_get(r, metric) for r in runs if r["what"] == ours and r["repeat"] == rep), None)
+            b = next((_get(r, metric) for r in runs if r["what"] == theirs and r["repeat"] == rep), None)
+            pairs.append(a / b if a and b else None)
+        out[metric] = _median(pairs)
+    return out
+
+
+# ------------------------------------------------------------------ printing
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(config: str, summary: dict[str, Any]) -> None:
+    """A readable table of one config's summary."""
+    flops = summary["flops"]
+    print(f"\n== {config}: medians over repeats ==")
+    print(
+        f"matmul fp32 2048^3: {_fmt(summary['matmul_gflops_median'], '.1f')} GFLOP/s; "
+        f"counted cost {flops['forward_gflop_per_image']:.3f} GFLOP/img forward, "
+        f"{flops['train_gflop_per_image']:.3f} GFLOP/img train"
+    )
+    header = f"{'system':<16}{'train img/s':>12}{'sample img/s':>13}{'eval img/s':>11}"
+    header += f"{'peak RSS MiB':>13}{'1st step s':>11}{'init s':>8}{'GFLOP/s':>9}{'% matmul':>9}"
+    print(header)
+    for system, row in summary["systems"].items():
+        frac = row.get("fraction_of_matmul_peak")
+        print(
+            f"{system:<16}{_fmt(row['train_images_per_s'], '12.1f')}{_fmt(row['sample_images_per_s'], '13.1f')}"
+            f"{_fmt(row['eval_images_per_s'], '11.1f')}{_fmt(row['peak_rss_mib'], '13.0f')}"
+            f"{_fmt(row['time_to_first_step_s'], '11.1f')}{_fmt(row['init_s'], '8.1f')}"
+            f"{_fmt(row.get('train_gflops'), '9.1f')}{_fmt(None if frac is None else 100 * frac, '9.1f')}"
+        )
+        for err in row["errors"]:
+            print(f"    error: {err[:200]}")
+        for note in row["notes"]:
+            print(f"    note: {note}")
+    if summary["ratios"]:
+        print("ratios (paired within repeats, median); >1 is better for glow_tf on img/s, <1 on RSS/1st step:")
+        labels = ("train", "sample", "eval", "peak RSS", "1st step")
+        print(f"{'pair':<30}" + "".join(f"{m:>10}" for m in labels))
+        for pair, vals in summary["ratios"].items():
+            print(f"{pair:<30}" + "".join(_fmt(vals[m], "10.2f") for m in HIGHER_IS_BETTER))
+    print(f"FLOP counting: {flops['method']}")
+
+
+# ------------------------------------------------------------------ main
+def _machine() -> dict[str, Any]:
+    info = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    try:
+        import psutil
+
+        info["memory_gib"] = psutil.virtual_memory().total / 2**30
+    except ImportError:
+        pass
+    return info
+
+
+def run_config(config: str, args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """Interleaved runs of every system for one config, with matmul runs before and after."""
+    matmuls, runs = [run_child("matmul", config, args)], []
+    for rep in range(args.repeats):
+        for system in args.systems:
+            print(f"[{config}] repeat {rep + 1}/{args.repeats}: {system} ...", flush=True)
+            result = run_child(system, config, args)
+            result["repeat"] = rep
+            runs.append(result)
+            train = _get(result, "train_images_per_s")
+            print(f"    train {_fmt(train, '.1f')} img/s, wall {result['wall_s']:.0f} s", flush=True)
+    matmuls.append(run_child("matmul", config, args))
+    return runs, matmuls
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Runs the benchmark (or, with ``--_child``, one measurement) and writes the JSON."""
+    args = parse_args(argv)
+    if args._child:
+        child_main(args)
+        return {}
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    report: dict[str, Any] = {
+        "timestamp": stamp,
+        "argv": sys.argv[1:] if argv is None else argv,
+        "machine": _machine(),
+        "loadavg_start": os.getloadavg(),
+        "caveat": "Absolute numbers depend on other load on the machine; compare the paired ratios.",
+        "configs": {},
+    }
+    start = time.perf_counter()
+    for config in args.configs:
+        runs, matmuls = run_config(config, args)
+        summary = summarise(config, runs, matmuls, args.systems)
+        report["configs"][config] = {"summary": summary, "runs": runs, "matmul": matmuls}
+        print_table(config, summary)
+    report.update(loadavg_end=os.getloadavg(), total_wall_s=time.perf_counter() - start)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench_model-{stamp}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nload average start/end: {report['loadavg_start'][0]:.2f} / {report['loadavg_end'][0]:.2f} (2 cores)")
+    print(f"wrote {path} ({report['total_wall_s']:.0f} s)")
+    return report
+
+
+if __name__ == "__main__":
+    main()
