@@ -1,0 +1,35 @@
+"""MNIST (TFDS) at 28x28x1, 8 bits: L=2 (28 -> 14 -> 7), K=16, width 256, affine coupling.
+
+Offline, train on the MNIST test set shipped as an ``.npz`` instead::
+
+    python train.py --dataset=mnist --config.data.name=npz \
+        --config.data.path=../shared/data/mnist_t10k.npz
+"""
+
+from configs import default
+
+
+def get_config():
+    """MNIST, a CPU-friendly model."""
+    config = default.get_config()
+    config.data.name = "mnist"
+    config.data.image_size = 28
+    config.data.channels = 1
+    config.data.n_bits = 8
+
+    config.model.num_levels = 2
+    config.model.num_steps = 16
+    config.model.hidden_width = 256
+    config.model.coupling = "affine"
+
+    config.optim.warmup_images = 64_000  # 1000 steps
+    config.optim.ema_decay = 0.999
+
+    config.train.batch_size = 64
+    config.train.num_steps = 20_000
+    config.train.log_every = 100
+    config.train.checkpoint_every = 1000
+    config.train.eval_every = 2000
+    config.train.sample_every = 2000
+    config.eval.max_examples = 2000
+    return config

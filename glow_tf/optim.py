@@ -1,0 +1,161 @@
+"""Optimisation pieces: Adamax with the original's linear warm-up, EMA weights, the update guard.
+
+* :class:`LinearWarmup` -- ``lr * min(1, images_seen / warmup_images)`` as openai/glow
+  (``images_seen`` counts the current update's batch, so update 0 already moves).
+* :func:`make_optimizer` -- ``tf_keras.optimizers.legacy.Adamax`` (one fused
+  ``ApplyAdaMax`` kernel per variable: the fastest to trace and run here).
+* :class:`ExponentialMovingAverage` -- Polyak averaging of the weights, checkpointed,
+  swappable into the model for evaluation, samples and export.
+* :func:`guard_gradients` -- global norm, optional clipping, and a finite flag that
+  makes the training step skip an update with a non-finite loss or gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import ml_collections
+import tensorflow as tf
+import tf_keras
+
+__all__ = ["LinearWarmup", "make_optimizer", "create_slots", "ExponentialMovingAverage", "guard_gradients"]
+
+
+class LinearWarmup(tf_keras.optimizers.schedules.LearningRateSchedule):
+    """``lr(t) = peak * min(1, (t + 1) * batch / warmup_images)`` for update index ``t`` (0-based).
+
+    Args:
+      peak: the learning rate after warm-up.
+      global_batch: images per update.
+      warmup_images: images over which the rate grows linearly; 0 disables warm-up.
+    """
+
+    def __init__(self, peak: float, global_batch: int, warmup_images: int):
+        self.peak = float(peak)
+        self.global_batch = int(global_batch)
+        self.warmup_images = int(warmup_images)
+
+    def __call__(self, step):
+        if self.warmup_images <= 0:
+            return tf.constant(self.peak, tf.float32)
+        seen = (tf.cast(step, tf.float32) + 1.0) * self.global_batch
+        return self.peak * tf.minimum(1.0, seen / float(self.warmup_images))
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "global_batch": self.global_batch, "warmup_images": self.warmup_images}
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, global_batch: int) -> tf_keras.optimizers.legacy.Adamax:
+    """Adamax as the original (lr 1e-3, beta1 0.9) with :class:`LinearWarmup`.
+
+    Create it inside the distribution strategy's scope.
+
+    Args:
+      optim: the ``config.optim`` section.
+      global_batch: images per update (for the warm-up in images).
+    """
+    schedule = LinearWarmup(optim.learning_rate, global_batch, optim.warmup_images)
+    return tf_keras.optimizers.legacy.Adamax(
+        learning_rate=schedule, beta_1=optim.beta1, beta_2=optim.beta2, epsilon=optim.epsilon
+    )
+
+
+def create_slots(optimizer: tf_keras.optimizers.legacy.Optimizer, variables: Sequence[tf.Variable]) -> None:
+    """Creates the optimizer's slot variables now (inside the strategy scope), not on the first update.
+
+    Slots that exist before the training step is traced keep variable creation
+    out of the compiled step (which updates under a ``tf.cond``), and a checkpoint
+    restore fills them directly instead of deferring.
+    """
+    optimizer._create_all_weights(list(variables))  # the legacy OptimizerV2 hook its apply_gradients uses
+
+
+def guard_gradients(
+    loss: tf.Tensor, grads: Sequence[tf.Tensor], clip_norm: float = 0.0
+) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+    """Global gradient norm, optional clipping and the "apply this update" flag.
+
+    Args:
+      loss: the (already all-reduced) scalar loss.
+      grads: the (already all-reduced) gradients; every replica must hold the
+        same values so that every replica takes the same decision.
+      clip_norm: > 0 rescales the gradients to at most this global norm.
+
+    Returns:
+      ``(grads, norm, finite)``: the possibly clipped gradients, the global norm
+      before clipping, and a boolean scalar, True when the loss and every gradient
+      entry are finite.
+    """
+    norm = tf.linalg.global_norm(list(grads))
+    finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(norm))
+    if clip_norm > 0:
+        grads, _ = tf.clip_by_global_norm(list(grads), clip_norm, use_norm=norm)
+    return list(grads), norm, finite
+
+
+class ExponentialMovingAverage(tf.Module):
+    """Polyak averages ``s <- d * s + (1 - d) * v`` of a list of variables.
+
+    The decay ramps up as TF's ``ExponentialMovingAverage(num_updates=...)``:
+    ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs are
+    not dominated by the initial weights. Create it inside the strategy's scope
+    after the variables exist; call :meth:`reset` after the data-dependent init.
+
+    Args:
+      variables: the variables to average (e.g. ``model.trainable_variables``).
+      decay: the final decay, in (0, 1).
+    """
+
+    def __init__(self, variables: Sequence[tf.Variable], decay: float, name: str = "ema"):
+        super().__init__(name=name)
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must lie in (0, 1), got {decay!r}.")
+        self.decay = float(decay)
+        self._refs = tuple(v.ref() for v in variables)  # references: not a checkpoint dependency of the EMA
+        self._strategy = tf.distribute.get_strategy()  # the strategy whose scope created the variables
+        self.averages = [
+            tf.Variable(v.read_value(), trainable=False, name=v.name.split(":")[0].replace("/", "_") + "_ema")
+            for v in self._variables()
+        ]
+        self.num_updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="num_updates")
+
+    def _variables(self) -> list[tf.Variable]:
+        return [ref.deref() for ref in self._refs]
+
+    def reset(self) -> None:
+        """Copies the current variables into the averages (eager, cross-replica context)."""
+        with self._strategy.scope():
+            for avg, var in zip(self.averages, self._variables()):
+                avg.assign(var.read_value())
+            self.num_updates.assign(0)
+
+    def update(self) -> None:
+        """One averaging step; call in cross-replica context (inside or outside tf.function)."""
+        n = tf.cast(self.num_updates, tf.float32)
+        decay = tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
+
+        def average(avg, var):  # per device: the local copies of both
+            return avg.assign(decay * avg + (1.0 - decay) * var, read_value=False)
+
+        with self._strategy.scope():
+            for avg, var in zip(self.averages, self._variables()):
+                self._strategy.extended.update(avg, average, args=(var,))
+            self.num_updates.assign_add(1)
+
+    def swap(self) -> None:
+        """Exchanges the values of the variables and their averages (twice restores both)."""
+        with self._strategy.scope():
+            for avg, var in zip(self.averages, self._variables()):
+                saved = tf.identity(var.read_value())
+                var.assign(avg.read_value())
+                avg.assign(saved)
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Within this context the variables hold the averages; the training values come back after."""
+        self.swap()
+        try:
+            yield
+        finally:
+            self.swap()

@@ -1,0 +1,363 @@
+"""Training Glow: the distributed step, the loop, evaluation and restoring a run.
+
+Public entry points:
+
+* :func:`build_model` -- a ``Glow`` from a resolved config.
+* :class:`Trainer` -- strategy, optimizer, checkpoints and summaries of one run;
+  ``Trainer.train_step`` is the compiled step (one ``tf.function`` over a distributed
+  batch) and ``Trainer.train()`` the loop around it.
+* :func:`evaluate_checkpoint` -- test bits/dim over the whole test split (eval mode).
+* :func:`restore_for_inference` -- ``(model, config)`` from a workdir, EMA weights
+  swapped in when the run kept them (used by export and sampling tools).
+
+Randomness is stateless: the dequantisation noise of step ``s`` on replica ``r`` is a
+function of ``(seed, s, r)`` and batch ``k`` of the data pipeline a function of
+``(seed, k)``. The checkpointed step therefore restores the RNG and the data position
+along with model, optimizer and EMA, and a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import ml_collections
+import tensorflow as tf
+from absl import logging
+
+from glow_tf import checkpointing, config_lib, data, distribute, optim, summaries
+from glow_tf.evaluation import Evaluator
+from glow_tf.inference import build_model, restore_for_inference
+
+__all__ = [
+    "build_model",
+    "Trainer",
+    "TrainResult",
+    "NonFiniteLossError",
+    "evaluate_checkpoint",
+    "restore_for_inference",
+]
+
+_INIT_SEED_OFFSET = 1  # data-dependent init batch and its noise use seed + 1 (not a training batch)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when ``train.max_nonfinite_steps`` updates in a row had a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :meth:`Trainer.train` did: the final step, and the signal that stopped it early (if any)."""
+
+    step: int
+    interrupted_by: int | None = None
+    last_eval_bits_per_dim: float | None = None
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Trainer:
+    """One training run in ``workdir``: builds everything, restores the latest checkpoint if any.
+
+    Args:
+      config: a training config (validated here, before anything is built).
+      workdir: the run's folder (checkpoints, event files, samples, config.json).
+      strategy: a ``tf.distribute`` strategy; default :func:`glow_tf.distribute.make_strategy`.
+
+    Raises:
+      ValueError: for an invalid config (unknown key, batch not divisible by the
+        replicas, image size not divisible by ``2**num_levels``, ...).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, strategy: tf.distribute.Strategy | None = None):
+        config_lib.validate_config(config)
+        self.strategy = strategy or distribute.make_strategy()
+        self.global_batch = config_lib.global_batch_size(config, self.strategy.num_replicas_in_sync)
+        self.config = config
+        self.workdir = workdir
+        self.info = data.dataset_info(config.data)
+        self.is_chief = distribute.is_chief(self.strategy)
+        self.num_workers = distribute.num_workers(self.strategy)
+        self.conditional = bool(config.model.class_conditional)
+        with self.strategy.scope():
+            self.model = build_model(config, self.info)
+            self.variables = self.model.trainable_variables
+            self.optimizer = optim.make_optimizer(config.optim, self.global_batch)
+            optim.create_slots(self.optimizer, self.variables)
+            self.schedule = self.optimizer.learning_rate
+            self.ema = (
+                optim.ExponentialMovingAverage(self.variables, config.optim.ema_decay)
+                if config.optim.ema_decay > 0
+                else None
+            )
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.best_bits_per_dim = tf.Variable(float("inf"), trainable=False, name="best_bits_per_dim")
+        parts = dict(model=self.model, optimizer=self.optimizer, step=self.step, best=self.best_bits_per_dim)
+        if self.ema is not None:
+            parts["ema"] = self.ema
+        self.checkpoint = tf.train.Checkpoint(**parts)
+        self.checkpoints = checkpointing.CheckpointSet(
+            workdir,
+            self.checkpoint,
+            list(self.model.variables) + (self.ema.averages if self.ema is not None else []),
+            max_to_keep=config.train.keep_checkpoints,
+            is_chief=self.is_chief,
+            worker_index=distribute.worker_index(self.strategy),
+        )
+        self.restored_from = self.checkpoints.restore_latest()
+        self.writers = summaries.RunWriters(workdir, enabled=self.is_chief)
+        self.evaluator = Evaluator(self.model, config, self.strategy, ema=self.ema)
+        spec = self.make_dataset(0).element_spec
+        self.train_step = tf.function(self._train_step, input_signature=[spec])
+        self.compute_gradients = tf.function(self._compute_gradients)
+        self._any_worker_stop = tf.function(self._reduce_stop_flag)
+
+    # ------------------------------------------------------------------ data
+    def make_dataset(self, start_step: int | None = None) -> tf.distribute.DistributedDataset:
+        """The distributed training batches ``(uint8 images, int32 labels)`` from ``start_step`` (default: now)."""
+        start = int(self.step.numpy()) if start_step is None else int(start_step)
+
+        def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+            # One pipeline feeds num_replicas_in_sync / num_input_pipelines replicas, one batch each per step.
+            per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+            return data.make_train_dataset(
+                self.config.data,
+                ctx.get_per_replica_batch_size(self.global_batch),
+                self.config.seed,
+                start_step=start * per_pipeline,
+                input_context=ctx,
+            )
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def initialize(self) -> bool:
+        """Data-dependent init on ``train.n_init`` images before step 0 (skipped when restored).
+
+        Every worker loads the same images and noise, and the init runs in
+        cross-replica context, so every replica gets identical variables.
+
+        Returns:
+          True if the init ran.
+        """
+        if self.model.initialized:
+            return False
+        seed = self.config.seed + _INIT_SEED_OFFSET
+        images, labels = next(iter(data.make_train_dataset(self.config.data, self.config.train.n_init, seed)))
+        x = data.model_inputs(images, self.config.data.n_bits, seed, 0)
+        with self.strategy.scope():
+            done = self.model.initialize(x, labels if self.conditional else None)
+            if self.ema is not None:
+                self.ema.reset()
+        logging.info("Data-dependent init on %d images.", int(images.shape[0]))
+        return done
+
+    # ------------------------------------------------------------------ step
+    def _loss_and_grads(self, x: tf.Tensor, labels: tf.Tensor | None):
+        """Replica context: globally averaged loss, bits/dim and gradients (all-reduced, so identical everywhere)."""
+        with tf.GradientTape() as tape:
+            out = self.model.objective(x, labels)
+            loss = tf.nn.compute_average_loss(out["loss"], global_batch_size=self.global_batch)
+        grads = tape.gradient(loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        bpd = tf.nn.compute_average_loss(out["bits_per_dim"], global_batch_size=self.global_batch)
+        ctx = tf.distribute.get_replica_context()
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, (loss, bpd, grads))
+
+    def _compute_gradients(self, x, labels=None):
+        """Distributed float inputs -> (loss, bits/dim, grads), reduced over replicas (for tests and tools)."""
+        loss, bpd, grads = self.strategy.run(self._loss_and_grads, args=(x, labels))
+        first = lambda v: self.strategy.experimental_local_results(v)[0]
+        return first(loss), first(bpd), [first(g) for g in grads]
+
+    def _train_step(self, batch):
+        """One update on a distributed batch; skipped (weights, optimizer and EMA untouched) if not finite."""
+        images, labels = batch
+        step = self.step.read_value()
+        n_bits, seed, clip = self.config.data.n_bits, self.config.seed, self.config.optim.grad_clip_norm
+
+        def replica_fn(images, labels):
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            x = data.model_inputs(images, n_bits, seed, step, replica)
+            loss, bpd, grads = self._loss_and_grads(x, labels if self.conditional else None)
+            grads, norm, finite = optim.guard_gradients(loss, grads, clip)
+            return grads, dict(loss=loss, bits_per_dim=bpd, grad_norm=norm, finite=finite)
+
+        grads, metrics = self.strategy.run(replica_fn, args=(images, labels))
+        metrics = {k: self.strategy.experimental_local_results(v)[0] for k, v in metrics.items()}
+        metrics["learning_rate"] = self.schedule(self.optimizer.iterations)
+
+        def apply():
+            self.strategy.run(
+                lambda g: self.optimizer.apply_gradients(
+                    zip(g, self.variables), experimental_aggregate_gradients=False
+                ),
+                args=(grads,),
+            )
+            if self.ema is not None:
+                self.ema.update()
+            return tf.constant(True)
+
+        tf.cond(metrics["finite"], apply, lambda: tf.constant(False))
+        self.step.assign_add(1)
+        return metrics
+
+    def _reduce_stop_flag(self, flag):
+        value = self.strategy.run(lambda: tf.cast(flag, tf.int32))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) > 0
+
+    # ------------------------------------------------------------ utilities
+    def save(self) -> str | None:
+        """Saves the latest checkpoint at the current step (all workers must call it)."""
+        return self.checkpoints.save(int(self.step.numpy()))
+
+    def evaluate(self, max_examples: int | None = None) -> float:
+        """Test bits/dim (EMA weights when kept) over ``max_examples`` (default ``eval.max_examples``; 0 = all)."""
+        limit = self.config.eval.max_examples if max_examples is None else max_examples
+        return self.evaluator.bits_per_dim(limit)[0]
+
+    def write_samples(self, step: int) -> list[str]:
+        """Sample grids at every temperature and a reconstruction grid: TensorBoard + PNG (chief only)."""
+        if not self.is_chief:
+            return []
+        return self.writers.grids(self.evaluator.grids(), step)
+
+    def _evaluate_and_keep_best(self, step: int) -> float:
+        bpd = self.evaluate()
+        self.writers.scalars({"bits_per_dim": bpd}, step, split="eval")
+        if bpd < float(self.best_bits_per_dim.numpy()):
+            self.best_bits_per_dim.assign(bpd)
+            self.checkpoints.save_best(step, bpd)
+        logging.info("eval  step %d  test bits/dim %.4f  (best %.4f)", step, bpd, float(self.best_bits_per_dim.numpy()))
+        return bpd
+
+    def _stop_requested(self, watcher: checkpointing.PreemptionWatcher) -> bool:
+        if self.num_workers > 1:  # every worker must stop at the same step
+            return bool(self._any_worker_stop(tf.constant(watcher.requested)))
+        return watcher.requested
+
+    # ------------------------------------------------------------------ loop
+    def train(self, num_steps: int | None = None) -> TrainResult:
+        """Trains until step ``num_steps`` (default ``train.num_steps``), resuming where the run stopped.
+
+        Logs a progress line every ``log_every`` steps, checkpoints every
+        ``checkpoint_every`` steps, at the end and on SIGTERM/SIGINT, evaluates
+        (keeping the best checkpoint) and writes sample grids on their cadences.
+
+        Raises:
+          NonFiniteLossError: after ``max_nonfinite_steps`` skipped updates in a row.
+        """
+        t = self.config.train
+        target = t.num_steps if num_steps is None else int(num_steps)
+        if self.initialize():
+            self.save()
+        step = int(self.step.numpy())
+        if self.is_chief:
+            config_lib.save_config(self.config, self.workdir)
+            self.writers.text("config", "```\n" + config_lib.config_to_json(self.config) + "\n```", step)
+        logging.info(
+            "Training %s from step %d to %d, global batch %d (%s).",
+            self.info.name,
+            step,
+            target,
+            self.global_batch,
+            distribute.describe(self.strategy),
+        )
+        iterator = iter(self.make_dataset(step))
+        result = TrainResult(step)
+        nonfinite_in_row, sums, count, evaluated, sampled = 0, {}, 0, -1, -1
+        window_seconds, window_step = 0.0, step  # time spent in training steps only (not eval, samples, saves)
+        with checkpointing.PreemptionWatcher() as watcher:
+            while step < target:
+                start = time.perf_counter()
+                values = {k: float(v) for k, v in self.train_step(next(iterator)).items()}
+                window_seconds += time.perf_counter() - start
+                step += 1
+                if values.pop("finite"):
+                    nonfinite_in_row = 0
+                    for k, v in values.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                else:
+                    nonfinite_in_row += 1
+                    logging.warning(
+                        "step %d: non-finite loss %s or gradient norm %s; update skipped (%d in a row).",
+                        step,
+                        values["loss"],
+                        values["grad_norm"],
+                        nonfinite_in_row,
+                    )
+                    if nonfinite_in_row >= t.max_nonfinite_steps:
+                        raise NonFiniteLossError(
+                            f"{nonfinite_in_row} non-finite updates in a row up to step {step}; stopping. The last "
+                            f"good checkpoint is {self.checkpoints.latest.latest_checkpoint}. Lower "
+                            "config.optim.learning_rate, raise config.optim.warmup_images or set "
+                            "config.optim.grad_clip_norm."
+                        )
+                if step % t.log_every == 0 or step == target:
+                    self._log_progress(step, target, step - window_step, sums, count, window_seconds)
+                    sums, count, window_seconds, window_step = {}, 0, 0.0, step
+                if t.eval_every and step % t.eval_every == 0:
+                    result.last_eval_bits_per_dim, evaluated = self._evaluate_and_keep_best(step), step
+                if t.sample_every and step % t.sample_every == 0:
+                    self.write_samples(step)
+                    sampled = step
+                if step % t.checkpoint_every == 0:  # after eval, so the checkpoint holds the best value so far
+                    self.save()
+                if self._stop_requested(watcher):
+                    result.interrupted_by = watcher.signum or -1
+                    break
+        if result.interrupted_by is None:
+            if evaluated != step:
+                result.last_eval_bits_per_dim = self._evaluate_and_keep_best(step)
+            if sampled != step:
+                self.write_samples(step)
+        self.save()
+        if result.interrupted_by is not None:
+            logging.warning("Stopped by a signal at step %d; checkpoint saved. Run again to resume.", step)
+        result.step = step
+        return result
+
+    def _log_progress(self, step: int, target: int, steps: int, sums: dict, count: int, elapsed: float) -> None:
+        """One console line and the train scalars; ``elapsed`` is the window's time in training steps."""
+        steps = max(1, steps)
+        rate = steps * self.global_batch / max(elapsed, 1e-9)
+        means = {k: v / count for k, v in sums.items()} if count else {}
+        eta = (target - step) * elapsed / steps
+        line = f"step {step}/{target}"
+        if means:
+            line += f"  bits/dim {means['bits_per_dim']:.4f}"
+            if self.conditional:
+                line += f"  loss {means['loss']:.4f}"
+            line += f"  lr {means['learning_rate']:.2e}  grad_norm {means['grad_norm']:.3g}"
+        else:
+            line += "  (every update in this window was skipped)"
+        logging.info("%s  %.1f images/s  ETA %s", line, rate, _format_seconds(eta))
+        self.writers.scalars({**means, "images_per_sec": rate}, step)
+
+
+def evaluate_checkpoint(
+    workdir: str, checkpoint: str = "latest", strategy: tf.distribute.Strategy | None = None
+) -> dict:
+    """Test bits/dim over the whole test split from a run's ``latest`` or ``best`` checkpoint.
+
+    Writes the value to ``workdir/eval`` (tag ``test_bits_per_dim``, at the checkpoint's step).
+
+    Returns:
+      ``{"bits_per_dim", "num_examples", "step", "checkpoint"}``.
+
+    Raises:
+      FileNotFoundError: when the workdir or the checkpoint does not exist.
+      ValueError: for a ``checkpoint`` other than ``'latest'`` or ``'best'``.
+    """
+    strategy = strategy or distribute.make_strategy()
+    model, config, info = restore_for_inference(workdir, checkpoint, strategy=strategy, with_info=True)
+    evaluator = Evaluator(model, config, strategy, ema=None)
+    bpd, n = evaluator.bits_per_dim(0)
+    result = {"bits_per_dim": bpd, "num_examples": n, "step": info["step"], "checkpoint": info["path"]}
+    writers = summaries.RunWriters(workdir, enabled=distribute.is_chief(strategy))
+    writers.scalars({"test_bits_per_dim": bpd}, info["step"], split="eval")
+    writers.close()
+    logging.info("Test bits/dim %.4f over %d images (%s).", bpd, n, info["path"])
+    return result
