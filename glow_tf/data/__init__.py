@@ -1,0 +1,54 @@
+"""Datasets for glow-tf: ``tf.data`` pipelines of ``(uint8 image [H, W, C], label)``.
+
+Names (:data:`DATASETS`): ``digits`` (scikit-learn's 8x8 digits, offline), ``npz``
+(arrays in a .npz file), ``folder`` (any tree of png/jpg files), and the TFDS datasets
+``mnist``, ``cifar10``, ``celeba``, ``celebahq``, ``imagenet32``, ``imagenet64``, ``lsun``.
+
+Entry points, all configured by the ``config.data`` section (:func:`default_config`):
+
+* :func:`dataset_info`: shapes, class count, split sizes; downloads nothing.
+* :func:`load_split`: one split, unbatched, fixed order, no augmentation.
+* :func:`make_train_dataset`: infinite, shuffled, augmented, per-replica batches,
+  sharded per input pipeline, exactly resumable from any step.
+* :func:`make_eval_dataset`: one batched pass over a split.
+* :func:`model_inputs` / :func:`deterministic_inputs`: uint8 batches to model space
+  through :mod:`glow_tf.quantization`.
+
+``make_train_dataset`` and ``make_eval_dataset`` take the ``tf.distribute.InputContext``
+that ``strategy.distribute_datasets_from_function`` passes, e.g.::
+
+    dist = strategy.distribute_datasets_from_function(
+        lambda ctx: data.make_train_dataset(cfg.data, ctx.get_per_replica_batch_size(global_batch), seed, step, ctx))
+"""
+
+from glow_tf.data.config import (
+    CELEBA_ATTRIBUTES,
+    DATASETS,
+    IMAGENET_BUILDERS,
+    LSUN_CATEGORIES,
+    DatasetUnavailableError,
+    check_image_size,
+    default_config,
+)
+from glow_tf.data.info import DatasetInfo, dataset_info
+from glow_tf.data.inputs import deterministic_inputs, model_inputs, noise_seed
+from glow_tf.data.pipeline import CACHE_MAX_BYTES, load_split, make_eval_dataset, make_train_dataset
+
+__all__ = [
+    "CACHE_MAX_BYTES",
+    "CELEBA_ATTRIBUTES",
+    "DATASETS",
+    "IMAGENET_BUILDERS",
+    "LSUN_CATEGORIES",
+    "DatasetInfo",
+    "DatasetUnavailableError",
+    "check_image_size",
+    "dataset_info",
+    "default_config",
+    "deterministic_inputs",
+    "load_split",
+    "make_eval_dataset",
+    "make_train_dataset",
+    "model_inputs",
+    "noise_seed",
+]
