@@ -9,6 +9,7 @@ Runs resume from the workdir's latest checkpoint. Flags only pick the config and
 run; everything else lives in glow_tf.train_lib.
 """
 
+import logging as logging_std
 import os
 import sys
 
@@ -42,15 +43,24 @@ def _parse(argv):
         if dataset not in DATASET_CONFIGS:
             sys.exit(f"Unknown --dataset={dataset!r}; choose one of {DATASET_CONFIGS}.")
         args.insert(1, f"--config={os.path.join(CONFIG_DIR, dataset + '.py')}")
+    sys.argv = args  # ml_collections finds the --config.* overrides to define in sys.argv
     try:
         return FLAGS(args)
     except flags.Error as err:
         sys.exit(f"{err}\nSee python train.py --helpfull.")
 
 
+class _QuietTFInfo(logging_std.Filter):
+    """Drops TF's per-save "Sharding callback duration" info lines from the console."""
+
+    def filter(self, record: logging_std.LogRecord) -> bool:
+        return not str(record.msg).startswith("Sharding callback duration")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietTFInfo())
     from glow_tf import distribute, train_lib  # after flag parsing: importing TF is slow
 
     if FLAGS.mode == "eval":

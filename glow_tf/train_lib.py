@@ -111,9 +111,11 @@ class Trainer:
         self.writers = summaries.RunWriters(workdir, enabled=self.is_chief)
         self.evaluator = Evaluator(self.model, config, self.strategy, ema=self.ema)
         spec = self.make_dataset(0).element_spec
-        self.train_step = tf.function(self._train_step, input_signature=[spec])
-        self.compute_gradients = tf.function(self._compute_gradients)
-        self._any_worker_stop = tf.function(self._reduce_stop_flag)
+        # One trace for every batch (fixed signature); autograph off: the step has no tensor-dependent
+        # Python control flow (the skip is an explicit tf.cond), and tracing is much faster without it.
+        self.train_step = tf.function(self._train_step, input_signature=[spec], autograph=False)
+        self.compute_gradients = tf.function(self._compute_gradients, autograph=False)
+        self._any_worker_stop = tf.function(self._reduce_stop_flag, autograph=False)
 
     # ------------------------------------------------------------------ data
     def make_dataset(self, start_step: int | None = None) -> tf.distribute.DistributedDataset:
@@ -209,8 +211,11 @@ class Trainer:
 
     # ------------------------------------------------------------ utilities
     def save(self) -> str | None:
-        """Saves the latest checkpoint at the current step (all workers must call it)."""
-        return self.checkpoints.save(int(self.step.numpy()))
+        """Saves the latest checkpoint at the current step (all workers must call it); returns its path."""
+        path = self.checkpoints.save(int(self.step.numpy()))
+        if path and self.is_chief:
+            logging.info("Saved checkpoint %s", path)
+        return path
 
     def evaluate(self, max_examples: int | None = None) -> float:
         """Test bits/dim (EMA weights when kept) over ``max_examples`` (default ``eval.max_examples``; 0 = all)."""
@@ -269,10 +274,15 @@ class Trainer:
         nonfinite_in_row, sums, count, evaluated, sampled = 0, {}, 0, -1, -1
         window_seconds, window_step = 0.0, step  # time spent in training steps only (not eval, samples, saves)
         with checkpointing.PreemptionWatcher() as watcher:
+            first = True
             while step < target:
                 start = time.perf_counter()
                 values = {k: float(v) for k, v in self.train_step(next(iterator)).items()}
-                window_seconds += time.perf_counter() - start
+                if first:  # tracing + the first step: reported once, kept out of images/s and the ETA
+                    logging.info("First step (graph tracing included) took %.1f s.", time.perf_counter() - start)
+                    first, window_step = False, step + 1
+                else:
+                    window_seconds += time.perf_counter() - start
                 step += 1
                 if values.pop("finite"):
                     nonfinite_in_row = 0
@@ -321,10 +331,7 @@ class Trainer:
 
     def _log_progress(self, step: int, target: int, steps: int, sums: dict, count: int, elapsed: float) -> None:
         """One console line and the train scalars; ``elapsed`` is the window's time in training steps."""
-        steps = max(1, steps)
-        rate = steps * self.global_batch / max(elapsed, 1e-9)
         means = {k: v / count for k, v in sums.items()} if count else {}
-        eta = (target - step) * elapsed / steps
         line = f"step {step}/{target}"
         if means:
             line += f"  bits/dim {means['bits_per_dim']:.4f}"
@@ -333,8 +340,14 @@ class Trainer:
             line += f"  lr {means['learning_rate']:.2e}  grad_norm {means['grad_norm']:.3g}"
         else:
             line += "  (every update in this window was skipped)"
-        logging.info("%s  %.1f images/s  ETA %s", line, rate, _format_seconds(eta))
-        self.writers.scalars({**means, "images_per_sec": rate}, step)
+        scalars = dict(means)
+        if steps > 0 and elapsed > 0:
+            rate = steps * self.global_batch / elapsed
+            eta = (target - step) * elapsed / steps
+            line += f"  {rate:.1f} images/s  ETA {_format_seconds(eta)}"
+            scalars["images_per_sec"] = rate
+        logging.info("%s", line)
+        self.writers.scalars(scalars, step)
 
 
 def evaluate_checkpoint(

@@ -106,6 +106,37 @@ def test_out_of_range_values_are_rejected(field, value, message):
         config_lib.validate_config(config)
 
 
+def _parse(*args):
+    """train.py's own flag parsing, in-process (it sets sys.argv, restored here)."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    train = importlib.import_module("train")
+    saved = sys.argv
+    try:
+        train._parse(["train.py", *args])
+    finally:
+        sys.argv = saved
+    return train.FLAGS
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+def test_cli_dataset_selects_its_config_and_applies_typed_overrides():
+    # ml_collections defines one flag per override: absl allows a single such parse per process.
+    flags = _parse("--dataset=celeba", "--config.train.batch_size=8", "--config.optim.learning_rate=2e-4")
+    assert flags.config.data.name == "celeba" and flags.config.data.n_bits == 5
+    assert flags.config.train.batch_size == 8 and flags.config.optim.learning_rate == 2e-4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--dataset=test", "--config=configs/test.py"], "either --dataset or --config"), (["--dataset=svhn"], "svhn")],
+)
+def test_cli_rejects_conflicting_or_unknown_dataset_flags(args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(*args)
+    assert message in str(exit_info.value.code)
+
+
 def _cli(*args, timeout=120):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
@@ -118,17 +149,15 @@ def _cli(*args, timeout=120):
     )
 
 
-def test_cli_rejects_unknown_override_keys(tmp_path):
-    out = _cli("--config=configs/test.py", f"--workdir={tmp_path}", "--config.train.no_such_key=1")
+@pytest.mark.parametrize(
+    "override, message",
+    [("--config.train.no_such_key=1", "no_such_key"), ("--config.train.batch_size=many", "batch_size")],
+)
+def test_cli_rejects_unknown_keys_and_badly_typed_overrides(tmp_path, override, message):
+    out = _cli("--config=configs/test.py", f"--workdir={tmp_path}", override)
     assert out.returncode != 0
-    assert "no_such_key" in out.stderr
+    assert message in out.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
-
-
-def test_cli_rejects_badly_typed_overrides(tmp_path):
-    out = _cli("--config=configs/test.py", f"--workdir={tmp_path}", "--config.train.batch_size=many")
-    assert out.returncode != 0
-    assert "batch_size" in out.stderr
 
 
 def test_cli_invalid_config_fails_before_training(tmp_path):

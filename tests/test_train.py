@@ -1,11 +1,15 @@
-"""End-to-end training on configs/test.py in-process: outputs, resume, fallbacks, the non-finite guard."""
+"""End-to-end training on configs/test.py: outputs, SIGTERM and resume, fallbacks, the non-finite guard."""
 
 import dataclasses
 import importlib
 import logging
 import os
+import re
 import shutil
+import signal
+import subprocess
 import sys
+import threading
 import types
 
 import numpy as np
@@ -16,6 +20,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from glow_tf import checkpointing, data, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 180  # seconds, bounds every subprocess
 
 
 def make_config(**overrides):
@@ -128,12 +133,41 @@ def test_eval_mode_covers_the_whole_test_split(run):
     assert again["bits_per_dim"] == result["bits_per_dim"]  # stateless noise: deterministic
 
 
-def test_interrupted_then_resumed_run_is_bit_identical(run, tmp_path):
-    """10 steps, a new Trainer on the same workdir, 10 more == the 20 uninterrupted steps of ``run``."""
-    workdir = str(tmp_path / "resumed")
-    assert train_lib.Trainer(make_config(), workdir).train(10).step == 10
+def test_sigterm_then_resume_is_bit_identical_to_the_uninterrupted_run(run, tmp_path):
+    """``train.py`` SIGTERMed after its first step saves and exits; resuming to step 20 gives ``run``'s state.
+
+    Tolerance: bit-identical. On CPU with a fixed seed every source of randomness is
+    stateless and keyed by the step (dequantisation noise, data order, sample noise),
+    and the checkpoint holds model, optimizer slots and iterations, EMA, step and best
+    value, so the resumed run executes the same float operations in the same order.
+    """
+    workdir = str(tmp_path / "preempted")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, os.path.join(REPO, "train.py"), "--dataset=test", f"--workdir={workdir}"]
+    proc = subprocess.Popen([*cmd, "--config.train.log_every=1"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    killer = threading.Timer(TIMEOUT, proc.kill)
+    killer.start()
+    log = []
+    try:
+        for line in proc.stderr:
+            log.append(line)
+            if re.search(r"step \d+/20", line) and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # right after the first step: eval and sample tracing follow
+                break
+        log.extend(proc.stderr)  # drain until the process exits
+        proc.wait(TIMEOUT)
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(log)
+    assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert "Received SIGTERM" in text and "Stopped by a signal" in text
+    stopped_at = int(re.search(r"Stopped by a signal at step (\d+)", text).group(1))
+    assert 1 <= stopped_at < 20
+
     resumed = train_lib.Trainer(make_config(), workdir)
-    assert resumed.restored_from.endswith("ckpt-10") and int(resumed.step.numpy()) == 10
+    assert resumed.restored_from.endswith(f"ckpt-{stopped_at}") and int(resumed.step.numpy()) == stopped_at
     assert not resumed.initialize()  # data-dependent init skipped on resume
     assert resumed.train().step == 20
     expected = checkpoint_tensors(os.path.join(run.workdir, "checkpoints", "ckpt-20"))
@@ -141,6 +175,18 @@ def test_interrupted_then_resumed_run_is_bit_identical(run, tmp_path):
     assert expected.keys() == got.keys() and len(got) > 50
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+    out = subprocess.run(
+        [*cmd[:2], "--mode=eval", f"--workdir={workdir}", "--checkpoint=best"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    match = re.search(r"test bits/dim (\d+\.\d+) over (\d+) images", out.stdout)
+    assert match and int(match.group(2)) == data.dataset_info(run.config.data).num_test
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(run, tmp_path, caplog):
