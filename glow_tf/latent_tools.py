@@ -271,6 +271,8 @@ def sample_grids(
     temperatures = [check_temperature(t) for t in temperatures]
     if model.num_classes:
         classes = list(range(model.num_classes)) if classes is None else list(classes)
+        if not classes:
+            raise ValueError("sample_grids: classes is empty; pass class ids or None for every class.")
         model.check_labels(np.asarray(classes, np.int64), len(classes), "sample_grids")  # range check up front
     elif classes is not None:
         raise ValueError("sample_grids: classes given, but the model is not class-conditional.")

@@ -157,6 +157,8 @@ def test_sample_grids_per_temperature_and_per_class(models):
     assert len(latent_tools.sample_grids(models.cond, [0.5], num_samples=1)) == 3  # every class by default
     with pytest.raises(ValueError, match=r"0\.\.2"):
         latent_tools.sample_grids(models.cond, [0.5], classes=[5])
+    with pytest.raises(ValueError, match="classes is empty"):
+        latent_tools.sample_grids(models.cond, [0.5], classes=[])
     with pytest.raises(ValueError, match="not class-conditional"):
         latent_tools.sample_grids(models.live, [0.5], classes=[0])
 
