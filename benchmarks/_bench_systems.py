@@ -40,12 +40,21 @@ class BenchConfig:
     timed_calls: int = 10  # sampling / eval calls timed
     temperature: float = 0.7
     num_samples: int = 16
+    learning_rate: float = 1e-3  # Adamax, no warm-up (both systems)
 
 
 CONFIGS: dict[str, BenchConfig] = {
     "bench-32": BenchConfig("bench-32"),
+    # Without warm-up, Adamax at 1e-3 diverges to NaN within ~4 steps at width 512 (both systems,
+    # the zero-initialised last layers jump by ~fan_in * lr): time finite steps at a lower rate.
     "paper-width": BenchConfig(
-        "paper-width", num_steps=32, hidden_width=512, timed_steps=4, warmup_steps=1, timed_calls=3
+        "paper-width",
+        num_steps=32,
+        hidden_width=512,
+        timed_steps=4,
+        warmup_steps=1,
+        timed_calls=3,
+        learning_rate=1e-4,
     ),
 }
 
@@ -145,7 +154,7 @@ def build_glow_tf(config: BenchConfig, options: RunOptions, jit: bool, images) -
     init_start = time.perf_counter()
     model.initialize(tf.constant(images))
     init_s = time.perf_counter() - init_start
-    optimizer = tf_keras.optimizers.legacy.Adamax(1e-3)
+    optimizer = tf_keras.optimizers.legacy.Adamax(config.learning_rate)
     variables = model.trainable_variables
     spec = [tf.TensorSpec([None, *config.image_shape], tf.float32)]
 
@@ -166,7 +175,7 @@ def build_glow_tf(config: BenchConfig, options: RunOptions, jit: bool, images) -
         return model.log_prob(x)
 
     info = {
-        "train_loss": "mean(model.objective(x)['loss']) (bits/dim), tf_keras legacy Adamax(1e-3)",
+        "train_loss": f"mean(model.objective(x)['loss']) (bits/dim), legacy Adamax({config.learning_rate:g})",
         "input_signature": "[None, H, W, C]",
         "num_trainable_variables": len(variables),
         "num_parameters": int(sum(v.shape.num_elements() for v in variables)),
@@ -205,7 +214,7 @@ def build_tfb_glow(config: BenchConfig, options: RunOptions, jit: bool, images) 
     init_start = time.perf_counter()
     dist.log_prob(tf.constant(images)).numpy()  # lazy ActNorm init on data, not on noise
     init_s = time.perf_counter() - init_start
-    optimizer = tf_keras.optimizers.legacy.Adamax(1e-3)
+    optimizer = tf_keras.optimizers.legacy.Adamax(config.learning_rate)
     variables = glow.trainable_variables
     spec = [tf.TensorSpec([config.batch_size, *config.image_shape], tf.float32)]
 
@@ -227,7 +236,7 @@ def build_tfb_glow(config: BenchConfig, options: RunOptions, jit: bool, images) 
         return dist.log_prob(x)
 
     info = {
-        "train_loss": "-mean(TransformedDistribution.log_prob(x)) (nats), tf_keras legacy Adamax(1e-3)",
+        "train_loss": f"-mean(TransformedDistribution.log_prob(x)) (nats), legacy Adamax({config.learning_rate:g})",
         "input_signature": f"[{config.batch_size}, H, W, C] (fixed batch: tfb.Glow fails with None)",
         "num_trainable_variables": len(variables),
         "num_parameters": int(sum(v.shape.num_elements() for v in variables)),
@@ -313,38 +322,83 @@ def _time_calls(fn: Callable[[], Any], warmup: int, timed: int) -> tuple[float, 
     return first_s, times, out
 
 
-def _measure_train(fns: SystemFns, x, config: BenchConfig, steps: int) -> dict[str, Any]:
-    """First step, warm-up and timed training steps."""
-    import numpy as np
+class _Phase:
+    """One timed callable (train, sample or eval): first call, then per-call times or an error."""
 
-    first_s, loss0 = _timed(lambda: fns.train(x))
+    def __init__(self, name: str, fn: Callable[[], Any], items: int):
+        self.name, self.fn, self.items = name, fn, items
+        self.first_s: float | None = None
+        self.times: list[float] = []
+        self.first_out = self.out = None
+        self.error: str | None = None
+
+    def call(self, timed: bool, catch: bool) -> None:
+        """One call; the first ever call is recorded as ``first_s``. Errors are kept if ``catch``."""
+        if self.error is not None:
+            return
+        try:
+            seconds, self.out = _timed(self.fn)
+        except Exception as err:  # noqa: BLE001 - report it, keep the other measurements
+            if not catch:
+                raise
+            self.error = f"{type(err).__name__}: {str(err)[:300]}"
+            return
+        if self.first_s is None:
+            self.first_s, self.first_out = seconds, self.out
+        elif timed:
+            self.times.append(seconds)
+
+    def report(self) -> dict[str, Any]:
+        """``<name>`` rates, ``<name>_first_call_s`` and ``<name>_finite`` (or ``<name>_error``)."""
+        import numpy as np
+
+        if self.error is not None:
+            return {f"{self.name}_error": self.error}
+        return {
+            f"{self.name}_first_call_s": self.first_s,
+            self.name: _median_rate(self.times, self.items),
+            f"{self.name}_finite": bool(np.all(np.isfinite(self.out))),
+        }
+
+
+def _spread(count: int, rounds: int) -> set[int]:
+    """``count`` round indices spread evenly over ``range(rounds)``."""
+    return {k * rounds // count for k in range(count)}
+
+
+def _measure_phases(fns: SystemFns, x, config: BenchConfig, steps: int) -> dict[str, Any]:
+    """First training step, warm-up, then train / sample / eval calls interleaved round by round.
+
+    Interleaving makes a burst of load from other processes hit all three phases
+    alike instead of whichever phase happened to be running.
+    """
+    train = _Phase("train", lambda: fns.train(x), config.batch_size)
+    sample = _Phase("sample", fns.sample, config.num_samples)
+    evaluate = _Phase("eval", lambda: fns.evaluate(x), config.batch_size)
+    train.call(timed=False, catch=False)  # the first step: tracing included
     for _ in range(config.warmup_steps):
-        _timed(lambda: fns.train(x))
-    times, loss = [], None
-    for _ in range(steps):
-        seconds, loss = _timed(lambda: fns.train(x))
-        times.append(seconds)
+        train.call(timed=False, catch=False)
+    rss_after_train = _peak_rss_mib()
+    for phase in (sample, evaluate):
+        for _ in range(2):  # trace, then one warm-up call
+            phase.call(timed=False, catch=True)
+    calls = _spread(config.timed_calls, steps) if steps >= config.timed_calls else set(range(config.timed_calls))
+    for i in range(max(steps, config.timed_calls)):
+        if i < steps:
+            train.call(timed=True, catch=False)
+        if i in calls:
+            sample.call(timed=True, catch=True)
+            evaluate.call(timed=True, catch=True)
+    loss0, loss = float(train.first_out), float(train.out)
     return {
-        "first_step_s": first_s,
-        "train": _median_rate(times, config.batch_size),
-        "first_loss_bits_per_dim": fns.loss_to_bits_per_dim(float(loss0)),
-        "last_loss_bits_per_dim": fns.loss_to_bits_per_dim(float(loss)),
-        "loss_finite": bool(np.isfinite(loss)),
-    }
-
-
-def _measure_optional(name: str, fn: Callable[[], Any], config: BenchConfig, items: int) -> dict[str, Any]:
-    """Times a sampling or eval function; records an error instead of failing the system."""
-    import numpy as np
-
-    try:
-        first_s, times, out = _time_calls(fn, warmup=1, timed=config.timed_calls)
-    except Exception as err:  # noqa: BLE001 - report, keep the other measurements
-        return {f"{name}_error": f"{type(err).__name__}: {str(err)[:300]}"}
-    return {
-        f"{name}_first_call_s": first_s,
-        name: _median_rate(times, items),
-        f"{name}_finite": bool(np.all(np.isfinite(out))),
+        "first_step_s": train.first_s,
+        "first_loss_bits_per_dim": fns.loss_to_bits_per_dim(loss0),
+        "last_loss_bits_per_dim": fns.loss_to_bits_per_dim(loss),
+        "loss_finite": math.isfinite(loss),
+        "peak_rss_after_train_warmup_mib": rss_after_train,
+        "train": _median_rate(train.times, config.batch_size),
+        **sample.report(),
+        **evaluate.report(),
     }
 
 
@@ -358,11 +412,7 @@ def measure(system: str, config: BenchConfig, options: RunOptions) -> dict[str, 
     start = time.perf_counter()
     fns, init_s = builder(config, options, jit, images)
     construct_s = time.perf_counter() - start - init_s
-    x = tf.constant(images)
-    result.update(_measure_train(fns, x, config, options.steps or config.timed_steps))
-    result["peak_rss_after_train_mib"] = _peak_rss_mib()
-    result.update(_measure_optional("sample", fns.sample, config, config.num_samples))
-    result.update(_measure_optional("eval", lambda: fns.evaluate(x), config, config.batch_size))
+    result.update(_measure_phases(fns, tf.constant(images), config, options.steps or config.timed_steps))
     result.update(
         construct_s=construct_s,
         init_s=init_s,

@@ -134,7 +134,8 @@ def summarise(config: str, runs: list[dict], matmuls: list[dict], systems: list[
     """Medians per system, paired ratios glow_tf* / tfb_glow*, and the fraction of matmul peak."""
     cfg = CONFIGS[config]
     flops = glow_flops(cfg.image_shape, cfg.num_levels, cfg.num_steps, cfg.hidden_width, True, cfg.batch_size)
-    peak = _median([m.get("gflops_median") for m in matmuls])
+    # the best matmul rate seen in this run: other load lowers medians far more than the best call
+    peak = max((m["gflops_best"] for m in matmuls if "gflops_best" in m), default=None)
     per_system: dict[str, Any] = {}
     for system in systems:
         mine = [r for r in runs if r["what"] == system]
@@ -153,7 +154,8 @@ def summarise(config: str, runs: list[dict], matmuls: list[dict], systems: list[
             ratios[f"{ours}/{theirs}"] = _paired_ratios(runs, ours, theirs)
     return {
         "flops": {"method": METHOD, **flops.as_dict()},
-        "matmul_gflops_median": peak,
+        "matmul_gflops_best": peak,
+        "matmul_gflops_median": _median([m.get("gflops_median") for m in matmuls]),
         "systems": per_system,
         "ratios": ratios,
     }
@@ -193,7 +195,8 @@ def print_table(config: str, summary: dict[str, Any]) -> None:
     flops = summary["flops"]
     print(f"\n== {config}: medians over repeats ==")
     print(
-        f"matmul fp32 2048^3: {_fmt(summary['matmul_gflops_median'], '.1f')} GFLOP/s; "
+        f"matmul fp32 2048^3: best {_fmt(summary['matmul_gflops_best'], '.1f')} GFLOP/s "
+        f"(median {_fmt(summary['matmul_gflops_median'], '.1f')}; '% matmul' uses the best); "
         f"counted cost {flops['forward_gflop_per_image']:.3f} GFLOP/img forward, "
         f"{flops['train_gflop_per_image']:.3f} GFLOP/img train"
     )
