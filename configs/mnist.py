@@ -1,4 +1,7 @@
-"""MNIST (TFDS) at 28x28x1, 8 bits: L=2 (28 -> 14 -> 7), K=16, width 256, affine coupling.
+"""MNIST (TFDS) at 28x28x1, 8 bits: L=2 (28 -> 14 -> 7), K=8, width 128, affine coupling.
+
+Sized for a CPU (about 190 images/s on 2 cores); on a GPU raise ``model.num_steps``
+and ``model.hidden_width`` (e.g. 32 and 512).
 
 Offline, train on the MNIST test set shipped as an ``.npz`` instead::
 
@@ -18,8 +21,8 @@ def get_config():
     config.data.n_bits = 8
 
     config.model.num_levels = 2
-    config.model.num_steps = 16
-    config.model.hidden_width = 256
+    config.model.num_steps = 8
+    config.model.hidden_width = 128
     config.model.coupling = "affine"
 
     config.optim.warmup_images = 64_000  # 1000 steps

@@ -91,6 +91,8 @@ class CheckpointSet:
         self._saved.add(path)
         if self._tmp_root is not None:
             shutil.rmtree(self._tmp_root, ignore_errors=True)
+        else:
+            logging.info("Saved checkpoint %s", path)
         return path
 
     def save(self, step: int) -> str | None:

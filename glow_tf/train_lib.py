@@ -116,6 +116,8 @@ class Trainer:
         self.train_step = tf.function(self._train_step, input_signature=[spec], autograph=False)
         self.compute_gradients = tf.function(self._compute_gradients, autograph=False)
         self._any_worker_stop = tf.function(self._reduce_stop_flag, autograph=False)
+        self.eval_history: list[dict] = []  # {"step", "bits_per_dim", "seconds" since train() began} per eval
+        self._train_started = time.perf_counter()
 
     # ------------------------------------------------------------------ data
     def make_dataset(self, start_step: int | None = None) -> tf.distribute.DistributedDataset:
@@ -212,10 +214,7 @@ class Trainer:
     # ------------------------------------------------------------ utilities
     def save(self) -> str | None:
         """Saves the latest checkpoint at the current step (all workers must call it); returns its path."""
-        path = self.checkpoints.save(int(self.step.numpy()))
-        if path and self.is_chief:
-            logging.info("Saved checkpoint %s", path)
-        return path
+        return self.checkpoints.save(int(self.step.numpy()))
 
     def evaluate(self, max_examples: int | None = None) -> float:
         """Test bits/dim (EMA weights when kept) over ``max_examples`` (default ``eval.max_examples``; 0 = all)."""
@@ -230,6 +229,8 @@ class Trainer:
 
     def _evaluate_and_keep_best(self, step: int) -> float:
         bpd = self.evaluate()
+        seconds = time.perf_counter() - self._train_started
+        self.eval_history.append({"step": step, "bits_per_dim": bpd, "seconds": seconds})
         self.writers.scalars({"bits_per_dim": bpd}, step, split="eval")
         if bpd < float(self.best_bits_per_dim.numpy()):
             self.best_bits_per_dim.assign(bpd)
@@ -255,9 +256,13 @@ class Trainer:
         """
         t = self.config.train
         target = t.num_steps if num_steps is None else int(num_steps)
+        self._train_started = time.perf_counter()
         if self.initialize():
             self.save()
         step = int(self.step.numpy())
+        if step >= target:
+            logging.info("The run in %s is already at step %d >= %d: nothing to train.", self.workdir, step, target)
+            return TrainResult(step)
         if self.is_chief:
             config_lib.save_config(self.config, self.workdir)
             self.writers.text("config", "```\n" + config_lib.config_to_json(self.config) + "\n```", step)
