@@ -61,7 +61,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietTFInfo())
-    from glow_tf import distribute, train_lib  # after flag parsing: importing TF is slow
+    from glow_tf import data, distribute, train_lib  # after flag parsing: importing TF is slow
 
     if FLAGS.mode == "eval":
         if not FLAGS.workdir:
@@ -77,8 +77,9 @@ def main(argv):
     workdir = FLAGS.workdir or os.path.join("runs", name)
     try:
         trainer = train_lib.Trainer(FLAGS.config, workdir, distribute.make_strategy(FLAGS.tpu))
+    except data.DatasetUnavailableError as err:
+        sys.exit(f"Dataset unavailable: {err}")
     except ValueError as err:
-        logging.error("Invalid configuration: %s", err)
         sys.exit(f"Invalid configuration: {err}")
     try:
         result = trainer.train()

@@ -62,6 +62,10 @@ def _format_seconds(seconds: float) -> str:
 class Trainer:
     """One training run in ``workdir``: builds everything, restores the latest checkpoint if any.
 
+    ``Trainer(config, workdir).train()`` runs (or resumes) the whole loop. To time the
+    bare step: ``trainer.initialize(); batches = iter(trainer.make_dataset())`` and call
+    ``trainer.train_step(next(batches))`` (one trace for every batch).
+
     Args:
       config: a training config (validated here, before anything is built).
       workdir: the run's folder (checkpoints, event files, samples, config.json).
