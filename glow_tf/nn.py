@@ -18,13 +18,17 @@ thing without materialising the extra channel::
 
     conv_valid(concat(pad0(x), m), [K_x; K_m]) = conv_same(x, K_x) + conv_valid(m, K_m)
 
-where the second term does not depend on the batch and is a single
-``[1, H, W, out]`` map. The kernel keeps the original's ``[k, k, in + 1, out]`` layout.
+where the second term does not depend on the batch: one ``[H, W, out]`` map. The
+kernel keeps the original's ``[k, k, in + 1, out]`` layout. Outside data-dependent
+init, an actnorm (or zero-conv gain) after a convolution is folded into it:
+``(conv(x, K) + b) * g = conv(x, K * g) + b * g``, which saves elementwise passes
+over the activations and lets 1x1 convolutions run as matmul + bias + relu.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator
 
@@ -116,32 +120,57 @@ class ActNormModule(tf.Module):
         return y * tf.exp(-self.log_scale()) - self.bias
 
 
-def _border_mask(height: int, width: int, pad_h: int, pad_w: int, dtype: tf.DType) -> tf.Tensor:
-    """``[1, H + 2a, W + 2b, 1]``: 1 on the zero-padded border, 0 inside."""
-    mask = np.ones([1, height + 2 * pad_h, width + 2 * pad_w, 1], np.float64)
-    mask[:, pad_h : pad_h + height, pad_w : pad_w + width, :] = 0.0
-    return tf.constant(mask, dtype)
+@functools.cache
+def _border_patches(height: int, width: int, kh: int, kw: int) -> np.ndarray:
+    """``[H * W, kh * kw]``: the border indicator seen by each kernel tap at each output position.
+
+    The indicator is 1 on the zero-padded border of an ``H x W`` image and 0 inside,
+    so ``conv_valid(indicator, K_m) = patches @ K_m`` as a matrix product.
+    """
+    a, b = (kh - 1) // 2, (kw - 1) // 2
+    mask = np.ones([height + 2 * a, width + 2 * b])
+    mask[a : a + height, b : b + width] = 0.0
+    taps = [mask[i : i + height, j : j + width].reshape(-1) for i in range(kh) for j in range(kw)]
+    return np.stack(taps, axis=1)
 
 
-def edge_bias_conv2d(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """The original's ``SAME`` convolution with edge-bias padding, stride 1.
+def edge_bias_conv2d(
+    x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor | None = None, gain: tf.Tensor | None = None
+) -> tf.Tensor:
+    """The original's ``SAME`` convolution with edge-bias padding (stride 1), with an optional affine output.
+
+    Computes ``(edge_bias_conv(x, K) + bias) * gain`` (per output channel) as::
+
+        conv_same(x, K_x * gain) + (patches @ K_m + bias) * gain
+
+    where ``K = [K_x; K_m]`` on the input-channel axis and the second term is a
+    batch-independent ``[H, W, Cout]`` map (see :func:`_border_patches`). A 1x1
+    kernel has no border channel and runs as one matrix product.
 
     Args:
-      x: ``[B, H, W, Cin]`` with static ``H, W``.
-      kernel: ``[kh, kw, Cin + 1, Cout]`` for odd ``kh, kw > 1`` (the last input
-        channel belongs to the border indicator), or ``[1, 1, Cin, Cout]``.
+      x: ``[B, H, W, Cin]`` with static ``H, W, Cin``.
+      kernel: ``[kh, kw, Cin + 1, Cout]`` for odd ``kh, kw > 1``, or ``[1, 1, Cin, Cout]``.
+      bias: optional ``[Cout]`` added before the gain.
+      gain: optional ``[Cout]`` multiplier.
 
     Returns:
       ``[B, H, W, Cout]``.
     """
-    kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
+    kh, kw, _, cout = (int(d) for d in kernel.shape)
+    height, width, cin = (int(d) for d in x.shape[1:])
+    if gain is not None:
+        kernel = kernel * gain
     if kh == 1 and kw == 1:
-        return tf.nn.conv2d(x, kernel, 1, "VALID")
-    cin = int(x.shape[-1])
-    main = tf.nn.conv2d(x, kernel[:, :, :cin, :], 1, "SAME")
-    mask = _border_mask(int(x.shape[1]), int(x.shape[2]), (kh - 1) // 2, (kw - 1) // 2, x.dtype)
-    border = tf.nn.conv2d(mask, kernel[:, :, cin:, :], 1, "VALID")
-    return main + border
+        y = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(kernel, [cin, cout]))
+        if bias is not None:
+            y = tf.nn.bias_add(y, bias if gain is None else bias * gain)
+        return tf.reshape(y, [-1, height, width, cout])
+    kernel_x, kernel_m = tf.split(kernel, [cin, 1], axis=2)
+    patches = tf.constant(_border_patches(height, width, kh, kw), x.dtype)
+    offset = tf.matmul(patches, tf.reshape(kernel_m, [kh * kw, cout]))
+    if bias is not None:
+        offset += bias if gain is None else bias * gain
+    return tf.nn.conv2d(x, kernel_x, 1, "SAME") + tf.reshape(offset, [height, width, cout])
 
 
 def _kernel_shape(in_channels: int, out_channels: int, kernel_size: int) -> list[int]:
@@ -170,29 +199,54 @@ class Conv2D(tf.Module):
         self.actnorm = ActNormModule(out_channels, dtype=dtype, name="actnorm")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        return self.actnorm(edge_bias_conv2d(x, self.kernel))
+        if in_data_dependent_init():
+            return self.actnorm(edge_bias_conv2d(x, self.kernel))
+        # actnorm(conv(x, K)) = (conv(x, K) + b) * exp(3 logs): folded into the convolution.
+        return edge_bias_conv2d(x, self.kernel, self.actnorm.bias, tf.exp(self.actnorm.log_scale()))
 
 
 class Conv2DZeros(tf.Module):
-    """``(edge_bias_conv(x) + b) * exp(3 * logs)`` with kernel, b and logs all zero at init."""
+    """``(edge_bias_conv(x) + b) * exp(3 * logs)`` with kernel, b and logs all zero at init.
+
+    With ``split_interleaved=True`` the ``2n`` output channels, stored interleaved as
+    in the original (``[a_0, b_0, a_1, b_1, ...]``), come out as the two halves
+    ``[a_0..a_n-1, b_0..b_n-1]``: the weights are reordered (cheap), so the caller
+    splits the activations with one contiguous split instead of strided slices.
+    """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
         kernel_size: int = 3,
+        split_interleaved: bool = False,
         dtype: tf.DType = tf.float32,
         name: str | None = None,
     ):
         super().__init__(name=name)
+        if split_interleaved and out_channels % 2:
+            raise ValueError(f"split_interleaved needs an even number of output channels, got {out_channels}.")
         shape = _kernel_shape(in_channels, out_channels, kernel_size)
+        self.split_interleaved = split_interleaved
         self.kernel = tf.Variable(tf.zeros(shape, dtype), name="kernel")
         self.bias = tf.Variable(tf.zeros([out_channels], dtype), name="bias")
         self.logs = tf.Variable(tf.zeros([out_channels], dtype), name="logs")
 
+    def _weights(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        kernel, bias, logs = self.kernel, self.bias, self.logs
+        if not self.split_interleaved:
+            return kernel, bias, logs
+
+        def halves(t):
+            pairs = tf.reshape(t, [*t.shape[:-1], t.shape[-1] // 2, 2])
+            swapped = tf.transpose(pairs, [*range(len(t.shape) - 1), len(t.shape), len(t.shape) - 1])
+            return tf.reshape(swapped, t.shape)
+
+        return halves(kernel), halves(bias), halves(logs)
+
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        h = edge_bias_conv2d(x, self.kernel) + self.bias
-        return h * tf.exp(self.logs * LOGSCALE_FACTOR)
+        kernel, bias, logs = self._weights()
+        return edge_bias_conv2d(x, kernel, bias, tf.exp(logs * LOGSCALE_FACTOR))
 
 
 class LinearZeros(tf.Module):
@@ -212,7 +266,8 @@ class CouplingNetwork(tf.Module):
     """The original's coupling network ``f``.
 
     ``relu(actnorm(conv3x3(x))) -> relu(actnorm(conv1x1(.))) -> conv3x3_zeros``.
-    The last layer starts at zero, so the network outputs 0 at init.
+    The last layer starts at zero, so the network outputs 0 at init;
+    ``split_interleaved`` is passed to it (see :class:`Conv2DZeros`).
     """
 
     def __init__(
@@ -220,6 +275,7 @@ class CouplingNetwork(tf.Module):
         in_channels: int,
         out_channels: int,
         hidden_width: int,
+        split_interleaved: bool = False,
         seed: int | np.random.Generator | None = None,
         dtype: tf.DType = tf.float32,
         name: str | None = None,
@@ -230,7 +286,7 @@ class CouplingNetwork(tf.Module):
         rng = _rng(seed)
         self.conv1 = Conv2D(in_channels, hidden_width, 3, seed=rng, dtype=dtype, name="conv1")
         self.conv2 = Conv2D(hidden_width, hidden_width, 1, seed=rng, dtype=dtype, name="conv2")
-        self.conv_out = Conv2DZeros(hidden_width, out_channels, 3, dtype=dtype, name="conv_out")
+        self.conv_out = Conv2DZeros(hidden_width, out_channels, 3, split_interleaved, dtype=dtype, name="conv_out")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         h = tf.nn.relu(self.conv1(x))

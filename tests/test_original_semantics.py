@@ -28,8 +28,23 @@ def test_edge_bias_conv_matches_the_original_padding():
     x = RNG.normal(size=[2, 5, 4, 3])
     for kernel_shape in ([3, 3, 4, 6], [5, 3, 4, 2]):
         kernel = RNG.normal(size=kernel_shape)
-        np.testing.assert_allclose(nn.edge_bias_conv2d(tf.constant(x), tf.constant(kernel)).numpy(),
-                                   _reference_edge_bias_conv(x, kernel), atol=1e-12)  # fmt: skip
+        expected = _reference_edge_bias_conv(x, kernel)
+        np.testing.assert_allclose(
+            nn.edge_bias_conv2d(tf.constant(x), tf.constant(kernel)).numpy(), expected, atol=1e-12
+        )
+        bias, gain = RNG.normal(size=kernel_shape[-1]), np.exp(RNG.normal(size=kernel_shape[-1]))
+        folded = nn.edge_bias_conv2d(tf.constant(x), tf.constant(kernel), tf.constant(bias), tf.constant(gain))
+        np.testing.assert_allclose(folded.numpy(), (expected + bias) * gain, atol=1e-12)
+    kernel = RNG.normal(size=[1, 1, 3, 5])
+    np.testing.assert_allclose(nn.edge_bias_conv2d(tf.constant(x), tf.constant(kernel)).numpy(), x @ kernel[0, 0])
+
+
+def test_conv_with_actnorm_folds_exactly():
+    conv = nn.Conv2D(3, 4, 3, seed=0, dtype=tf.float64)
+    x = tf.constant(RNG.normal(size=[2, 4, 4, 3]))
+    with nn.data_dependent_init():
+        unfolded = conv(x).numpy()  # conv, then actnorm initialised on and applied to this batch
+    np.testing.assert_allclose(conv(x).numpy(), unfolded, atol=1e-12)
 
 
 def test_actnorm_data_dependent_init_formula():
@@ -64,11 +79,21 @@ def test_squeeze_channel_order_is_the_originals():
     np.testing.assert_array_equal(gb.unsqueeze2d(tf.constant(z)).numpy(), x)
 
 
+def _interleaved_output(network, x):
+    """The network's output in the original's channel order (as stored), without the half split."""
+    zero_conv = network.conv_out if isinstance(network, nn.CouplingNetwork) else network
+    zero_conv.split_interleaved = False
+    try:
+        return network(tf.constant(x)).numpy()
+    finally:
+        zero_conv.split_interleaved = True
+
+
 def test_affine_coupling_shifts_then_scales_interleaved_channels():
     layer = gb.AffineCoupling(6, hidden_width=8, seed=0, dtype=tf.float64)
     perturb(layer, 0.3)
     x = RNG.normal(size=[2, 4, 4, 6])
-    h = layer.network(tf.constant(x[..., :3])).numpy()
+    h = _interleaved_output(layer.network, x[..., :3])
     shift, scale = h[..., 0::2], _sigmoid(h[..., 1::2] + 2.0)
     z, log_det = layer.inverse_and_log_det(tf.constant(x))
     np.testing.assert_allclose(z.numpy(), np.concatenate([x[..., :3], (x[..., 3:] + shift) * scale], -1))
@@ -86,7 +111,7 @@ def test_split_prior_interleaves_and_top_prior_halves():
     split = gb.SplitPrior(4, dtype=tf.float64)
     perturb(split, 0.3)
     x = RNG.normal(size=[2, 4, 4, 4])
-    h = split.network(tf.constant(x[..., :2])).numpy()
+    h = _interleaved_output(split.network, x[..., :2])
     eps = split.inverse(tf.constant(x)).numpy()[..., 2:]
     np.testing.assert_allclose(eps, (x[..., 2:] - h[..., 0::2]) / np.exp(h[..., 1::2]))
     top = gb.TopPrior([2, 2, 3], learn_top=True, num_classes=2, dtype=tf.float64)

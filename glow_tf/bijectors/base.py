@@ -7,12 +7,20 @@ import tensorflow_probability as tfp
 
 tfb = tfp.bijectors
 
-__all__ = ["GlowBijector", "sum_over_image", "num_positions", "validate_channels"]
+__all__ = ["GlowBijector", "apply_to_images", "sum_over_image", "num_positions", "validate_channels"]
 
 
 def sum_over_image(t: tf.Tensor) -> tf.Tensor:
     """Sums ``[..., H, W, C]`` over its last three axes."""
     return tf.reduce_sum(t, axis=[-3, -2, -1])
+
+
+def apply_to_images(network, x: tf.Tensor) -> tf.Tensor:
+    """Applies a network on ``[B, H, W, C]`` images to ``x`` of any batch rank ``[..., H, W, C]``."""
+    if x.shape.rank == 4:
+        return network(x)
+    h = network(tf.reshape(x, tf.concat([[-1], tf.shape(x)[-3:]], 0)))
+    return tf.reshape(h, tf.concat([tf.shape(x)[:-3], tf.shape(h)[-3:]], 0))
 
 
 def num_positions(x: tf.Tensor) -> tf.Tensor:

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from glow_tf import nn
-from glow_tf.bijectors.base import GlowBijector, sum_over_image, validate_channels
+from glow_tf.bijectors.base import GlowBijector, apply_to_images, sum_over_image, validate_channels
 
 __all__ = ["AffineCoupling", "AdditiveCoupling", "COUPLING_KINDS"]
 
@@ -20,10 +20,12 @@ class _Coupling(GlowBijector):
         validate_channels(channels, name, minimum=2)
         self.channels = channels
         self.split_channels = channels // 2
+        out_channels = network_channels(channels - self.split_channels)
         self.network = nn.CouplingNetwork(
             self.split_channels,
-            network_channels(channels - self.split_channels),
+            out_channels,
             hidden_width,
+            split_interleaved=out_channels == 2 * (channels - self.split_channels),
             seed=seed,
             dtype=dtype,
             name="network",
@@ -37,15 +39,10 @@ class _Coupling(GlowBijector):
         )
 
     def _halves(self, t):
-        return t[..., : self.split_channels], t[..., self.split_channels :]
+        return tf.split(t, [self.split_channels, self.channels - self.split_channels], axis=-1)
 
     def _network(self, z1):
-        """Runs the network on ``z1`` of any batch rank (flattened to one batch axis)."""
-        if z1.shape.rank == 4:
-            return self.network(z1)
-        flat = tf.reshape(z1, tf.concat([[-1], tf.shape(z1)[-3:]], 0))
-        h = self.network(flat)
-        return tf.reshape(h, tf.concat([tf.shape(z1)[:-3], tf.shape(h)[-3:]], 0))
+        return apply_to_images(self.network, z1)
 
 
 class AffineCoupling(_Coupling):
@@ -78,8 +75,9 @@ class AffineCoupling(_Coupling):
         )
 
     def _shift_and_log_scale(self, x1):
-        h = self._network(x1)
-        return h[..., 0::2], tf.math.log_sigmoid(h[..., 1::2] + 2.0)
+        # The network's interleaved outputs [shift_0, scale_0, shift_1, ...] arrive as two halves.
+        shift, raw_scale = tf.split(self._network(x1), 2, axis=-1)
+        return shift, tf.math.log_sigmoid(raw_scale + 2.0)
 
     def _forward(self, z):
         z1, z2 = self._halves(z)

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from glow_tf import nn
-from glow_tf.bijectors.base import GlowBijector, sum_over_image, validate_channels
+from glow_tf.bijectors.base import GlowBijector, apply_to_images, sum_over_image, validate_channels
 
 tfb = tfp.bijectors
 
@@ -43,7 +43,12 @@ class SplitPrior(GlowBijector):
         self.channels = channels
         self.split_channels = channels // 2
         self.network = nn.Conv2DZeros(
-            self.split_channels, 2 * (channels - self.split_channels), 3, dtype=dtype, name="prior"
+            self.split_channels,
+            2 * (channels - self.split_channels),
+            3,
+            split_interleaved=True,
+            dtype=dtype,
+            name="prior",
         )
         super().__init__(
             forward_min_event_ndims=3,
@@ -53,18 +58,16 @@ class SplitPrior(GlowBijector):
             name=name,
         )
 
+    def _halves(self, t):
+        return tf.split(t, [self.split_channels, self.channels - self.split_channels], axis=-1)
+
     def mean_and_log_scale(self, z1: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """``(mean, logs)`` of ``p(z2 | z1)``."""
-        if z1.shape.rank == 4:
-            h = self.network(z1)
-        else:
-            flat = tf.reshape(z1, tf.concat([[-1], tf.shape(z1)[-3:]], 0))
-            h = self.network(flat)
-            h = tf.reshape(h, tf.concat([tf.shape(z1)[:-3], tf.shape(h)[-3:]], 0))
-        return h[..., 0::2], h[..., 1::2]
+        # The network's interleaved outputs [mean_0, logs_0, mean_1, ...] arrive as two halves.
+        return tf.split(apply_to_images(self.network, z1), 2, axis=-1)
 
     def _forward(self, z):
-        z1, eps = z[..., : self.split_channels], z[..., self.split_channels :]
+        z1, eps = self._halves(z)
         mean, logs = self.mean_and_log_scale(z1)
         return tf.concat([z1, mean + tf.exp(logs) * eps], axis=-1)
 
@@ -72,15 +75,15 @@ class SplitPrior(GlowBijector):
         return self.inverse_and_log_det(x)[0]
 
     def _inverse_log_det_jacobian(self, x):
-        _, logs = self.mean_and_log_scale(x[..., : self.split_channels])
+        _, logs = self.mean_and_log_scale(self._halves(x)[0])
         return -sum_over_image(logs)
 
     def _forward_log_det_jacobian(self, z):
-        _, logs = self.mean_and_log_scale(z[..., : self.split_channels])
+        _, logs = self.mean_and_log_scale(self._halves(z)[0])
         return sum_over_image(logs)
 
     def inverse_and_log_det(self, x, **kwargs):
-        z1, z2 = x[..., : self.split_channels], x[..., self.split_channels :]
+        z1, z2 = self._halves(x)
         mean, logs = self.mean_and_log_scale(z1)
         eps = (z2 - mean) * tf.exp(-logs)
         return tf.concat([z1, eps], axis=-1), -sum_over_image(logs)
