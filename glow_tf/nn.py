@@ -206,47 +206,24 @@ class Conv2D(tf.Module):
 
 
 class Conv2DZeros(tf.Module):
-    """``(edge_bias_conv(x) + b) * exp(3 * logs)`` with kernel, b and logs all zero at init.
-
-    With ``split_interleaved=True`` the ``2n`` output channels, stored interleaved as
-    in the original (``[a_0, b_0, a_1, b_1, ...]``), come out as the two halves
-    ``[a_0..a_n-1, b_0..b_n-1]``: the weights are reordered (cheap), so the caller
-    splits the activations with one contiguous split instead of strided slices.
-    """
+    """``(edge_bias_conv(x) + b) * exp(3 * logs)`` with kernel, b and logs all zero at init."""
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
         kernel_size: int = 3,
-        split_interleaved: bool = False,
         dtype: tf.DType = tf.float32,
         name: str | None = None,
     ):
         super().__init__(name=name)
-        if split_interleaved and out_channels % 2:
-            raise ValueError(f"split_interleaved needs an even number of output channels, got {out_channels}.")
         shape = _kernel_shape(in_channels, out_channels, kernel_size)
-        self.split_interleaved = split_interleaved
         self.kernel = tf.Variable(tf.zeros(shape, dtype), name="kernel")
         self.bias = tf.Variable(tf.zeros([out_channels], dtype), name="bias")
         self.logs = tf.Variable(tf.zeros([out_channels], dtype), name="logs")
 
-    def _weights(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        kernel, bias, logs = self.kernel, self.bias, self.logs
-        if not self.split_interleaved:
-            return kernel, bias, logs
-
-        def halves(t):
-            pairs = tf.reshape(t, [*t.shape[:-1], t.shape[-1] // 2, 2])
-            swapped = tf.transpose(pairs, [*range(len(t.shape) - 1), len(t.shape), len(t.shape) - 1])
-            return tf.reshape(swapped, t.shape)
-
-        return halves(kernel), halves(bias), halves(logs)
-
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        kernel, bias, logs = self._weights()
-        return edge_bias_conv2d(x, kernel, bias, tf.exp(logs * LOGSCALE_FACTOR))
+        return edge_bias_conv2d(x, self.kernel, self.bias, tf.exp(self.logs * LOGSCALE_FACTOR))
 
 
 class LinearZeros(tf.Module):
@@ -266,8 +243,7 @@ class CouplingNetwork(tf.Module):
     """The original's coupling network ``f``.
 
     ``relu(actnorm(conv3x3(x))) -> relu(actnorm(conv1x1(.))) -> conv3x3_zeros``.
-    The last layer starts at zero, so the network outputs 0 at init;
-    ``split_interleaved`` is passed to it (see :class:`Conv2DZeros`).
+    The last layer starts at zero, so the network outputs 0 at init.
     """
 
     def __init__(
@@ -275,7 +251,6 @@ class CouplingNetwork(tf.Module):
         in_channels: int,
         out_channels: int,
         hidden_width: int,
-        split_interleaved: bool = False,
         seed: int | np.random.Generator | None = None,
         dtype: tf.DType = tf.float32,
         name: str | None = None,
@@ -286,7 +261,7 @@ class CouplingNetwork(tf.Module):
         rng = _rng(seed)
         self.conv1 = Conv2D(in_channels, hidden_width, 3, seed=rng, dtype=dtype, name="conv1")
         self.conv2 = Conv2D(hidden_width, hidden_width, 1, seed=rng, dtype=dtype, name="conv2")
-        self.conv_out = Conv2DZeros(hidden_width, out_channels, 3, split_interleaved, dtype=dtype, name="conv_out")
+        self.conv_out = Conv2DZeros(hidden_width, out_channels, 3, dtype=dtype, name="conv_out")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         h = tf.nn.relu(self.conv1(x))

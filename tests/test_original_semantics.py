@@ -79,22 +79,12 @@ def test_squeeze_channel_order_is_the_originals():
     np.testing.assert_array_equal(gb.unsqueeze2d(tf.constant(z)).numpy(), x)
 
 
-def _interleaved_output(network, x):
-    """The network's output in the original's channel order (as stored), without the half split."""
-    zero_conv = network.conv_out if isinstance(network, nn.CouplingNetwork) else network
-    zero_conv.split_interleaved = False
-    try:
-        return network(tf.constant(x)).numpy()
-    finally:
-        zero_conv.split_interleaved = True
-
-
-def test_affine_coupling_shifts_then_scales_interleaved_channels():
+def test_affine_coupling_shifts_then_scales():
     layer = gb.AffineCoupling(6, hidden_width=8, seed=0, dtype=tf.float64)
     perturb(layer, 0.3)
     x = RNG.normal(size=[2, 4, 4, 6])
-    h = _interleaved_output(layer.network, x[..., :3])
-    shift, scale = h[..., 0::2], _sigmoid(h[..., 1::2] + 2.0)
+    h = layer.network(tf.constant(x[..., :3])).numpy()  # [shift | scale] halves (interleaved in the original)
+    shift, scale = h[..., :3], _sigmoid(h[..., 3:] + 2.0)
     z, log_det = layer.inverse_and_log_det(tf.constant(x))
     np.testing.assert_allclose(z.numpy(), np.concatenate([x[..., :3], (x[..., 3:] + shift) * scale], -1))
     np.testing.assert_allclose(log_det.numpy(), np.log(scale).sum(axis=(1, 2, 3)))
@@ -107,13 +97,13 @@ def test_affine_coupling_at_init_scales_by_sigmoid_two():
     np.testing.assert_allclose(z[..., 2:], x[..., 2:] * _sigmoid(2.0))
 
 
-def test_split_prior_interleaves_and_top_prior_halves():
+def test_split_prior_and_top_prior_read_mean_and_logs():
     split = gb.SplitPrior(4, dtype=tf.float64)
     perturb(split, 0.3)
     x = RNG.normal(size=[2, 4, 4, 4])
-    h = _interleaved_output(split.network, x[..., :2])
+    h = split.network(tf.constant(x[..., :2])).numpy()
     eps = split.inverse(tf.constant(x)).numpy()[..., 2:]
-    np.testing.assert_allclose(eps, (x[..., 2:] - h[..., 0::2]) / np.exp(h[..., 1::2]))
+    np.testing.assert_allclose(eps, (x[..., 2:] - h[..., :2]) / np.exp(h[..., 2:]))
     top = gb.TopPrior([2, 2, 3], learn_top=True, num_classes=2, dtype=tf.float64)
     perturb(top, 0.3)
     labels = tf.constant([1, 0])

@@ -19,15 +19,17 @@ class SplitPrior(GlowBijector):
     """The split prior ``p(z2 | z1) = N(mean(z1), exp(logs(z1)))`` as a bijector to standard-normal eps.
 
     With ``x = [z1, z2]`` split on channels (``C1 = C // 2``) and
-    ``h = conv3x3_zeros(z1)`` (``2 * C2`` channels, interleaved)::
+    ``h = conv3x3_zeros(z1)`` (``2 * C2`` channels)::
 
-        mean = h[..., 0::2];  logs = h[..., 1::2]
+        mean = h[..., :C2];  logs = h[..., C2:]
         inverse (image -> latent):  [z1, z2] -> [z1, (z2 - mean) * exp(-logs)]
         forward (latent -> image):  [z1, eps] -> [z1, mean + exp(logs) * eps]
         ildj = -sum(logs)
 
     so ``log N(eps; 0, 1) + ildj = log p(z2 | z1)``. The zero-initialised network
-    gives mean 0 and std 1 at init. Sampling at temperature T scales eps by T.
+    gives mean 0 and std 1 at init. Sampling at temperature T scales eps by T. (The
+    original interleaves mean and logs channels; contiguous halves are the same layer
+    with its zero-initialised output channels relabelled, see ``AffineCoupling``.)
     """
 
     def __init__(
@@ -43,12 +45,7 @@ class SplitPrior(GlowBijector):
         self.channels = channels
         self.split_channels = channels // 2
         self.network = nn.Conv2DZeros(
-            self.split_channels,
-            2 * (channels - self.split_channels),
-            3,
-            split_interleaved=True,
-            dtype=dtype,
-            name="prior",
+            self.split_channels, 2 * (channels - self.split_channels), 3, dtype=dtype, name="prior"
         )
         super().__init__(
             forward_min_event_ndims=3,
@@ -63,7 +60,6 @@ class SplitPrior(GlowBijector):
 
     def mean_and_log_scale(self, z1: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """``(mean, logs)`` of ``p(z2 | z1)``."""
-        # The network's interleaved outputs [mean_0, logs_0, mean_1, ...] arrive as two halves.
         return tf.split(apply_to_images(self.network, z1), 2, axis=-1)
 
     def _forward(self, z):
