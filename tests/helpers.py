@@ -3,6 +3,9 @@
 import numpy as np
 import tensorflow as tf
 
+import glow_tf
+from glow_tf import quantization
+
 
 def perturb(module: tf.Module, scale: float = 0.1, seed: int = 0) -> None:
     """Moves every trainable variable away from its init by N(0, scale) noise."""
@@ -25,3 +28,16 @@ def autodiff_log_abs_det(fn, x: tf.Tensor) -> np.ndarray:
     sign, logdet = np.linalg.slogdet(jac.numpy())
     assert np.all(sign != 0), "Jacobian is singular"
     return logdet
+
+
+def tiny_model(image_shape, n_bits, num_classes=0, seed=0):
+    """An initialised, perturbed 2-level Glow (so no layer is the identity)."""
+    model = glow_tf.Glow(
+        image_shape, num_levels=2, num_steps=2, hidden_width=8, learn_top=True, num_classes=num_classes, n_bits=n_bits
+    )
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, [16, *image_shape]).astype(np.uint8)
+    labels = tf.constant(rng.integers(0, num_classes, 16), tf.int32) if num_classes else None
+    model.initialize(quantization.dequantize(quantization.preprocess(images, n_bits), n_bits), labels)
+    perturb(model, 0.05, seed)
+    return model

@@ -11,10 +11,10 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import tiny_model
 
 import glow_tf
 from glow_tf import export, quantization, sample, train_lib
-from tests.helpers import perturb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = [3, 4]
@@ -87,19 +87,6 @@ FRESH_SCRIPT = textwrap.dedent(
         json.dump(info, f)
     """
 )
-
-
-def tiny_model(image_shape, n_bits, num_classes=0, seed=0):
-    """An initialised, perturbed 2-level Glow (so no layer is the identity)."""
-    model = glow_tf.Glow(
-        image_shape, num_levels=2, num_steps=2, hidden_width=8, learn_top=True, num_classes=num_classes, n_bits=n_bits
-    )
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, [16, *image_shape]).astype(np.uint8)
-    labels = tf.constant(rng.integers(0, num_classes, 16), tf.int32) if num_classes else None
-    model.initialize(quantization.dequantize(quantization.preprocess(images, n_bits), n_bits), labels)
-    perturb(model, 0.05, seed)
-    return model
 
 
 def clean_env():

@@ -9,26 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from helpers import tiny_model
 
-import glow_tf
 from glow_tf import attributes, data, export, latent_tools, quantization, sample, summaries
 from glow_tf.latent_tools import InferenceModel
-from tests.helpers import perturb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_model(image_shape, n_bits, num_classes=0, seed=0):
-    """An initialised, perturbed 2-level Glow (so no layer is the identity)."""
-    model = glow_tf.Glow(
-        image_shape, num_levels=2, num_steps=2, hidden_width=8, learn_top=True, num_classes=num_classes, n_bits=n_bits
-    )
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, [16, *image_shape]).astype(np.uint8)
-    labels = tf.constant(rng.integers(0, num_classes, 16), tf.int32) if num_classes else None
-    model.initialize(quantization.dequantize(quantization.preprocess(images, n_bits), n_bits), labels)
-    perturb(model, 0.05, seed)
-    return model
 
 
 def reduced(images, n_bits):
