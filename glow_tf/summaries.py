@@ -60,7 +60,7 @@ def write_png(path: str, grid: np.ndarray) -> str:
 
 
 def _upscale(grid: np.ndarray, min_size: int = 128) -> np.ndarray:
-    """Nearest-neighbour upscaling so tiny grids (8x8 digits) stay visible in TensorBoard."""
+    """Nearest-neighbour upscaling so tiny grids (8x8 digits) stay visible in TensorBoard and PNG viewers."""
     factor = max(1, min_size // max(grid.shape[0], grid.shape[1]))
     return np.repeat(np.repeat(grid, factor, axis=0), factor, axis=1)
 
@@ -111,7 +111,7 @@ class RunWriters:
                 tf.summary.image(name, _upscale(grid)[None], step=step)
                 if png:
                     filename = f"step{step:08d}_{name.replace('/', '_')}.png"
-                    paths.append(write_png(os.path.join(self.samples_dir, filename), grid))
+                    paths.append(write_png(os.path.join(self.samples_dir, filename), _upscale(grid, 256)))
         self.train.flush()
         return paths
 

@@ -69,7 +69,8 @@ def test_png_grids_exist_for_every_temperature_and_reconstruction(run):
             assert f"step{step:08d}_samples_T{t:.2f}.png" in files
         assert f"step{step:08d}_reconstructions.png" in files
     grid = tf.io.decode_png(tf.io.read_file(os.path.join(run.workdir, "samples", "step00000020_samples_T0.70.png")))
-    assert grid.shape == (1 + 4 * 9, 1 + 4 * 9, 1)  # 16 samples of 8x8 in a 4x4 grid with 1-pixel padding
+    # 16 samples of 8x8 in a 4x4 grid with 1-pixel padding (37 px), upscaled 6x (nearest) to stay visible
+    assert grid.shape == (6 * 37, 6 * 37, 1)
 
 
 def test_reconstructions_reproduce_the_inputs(run):
