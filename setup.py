@@ -8,6 +8,7 @@ INSTALL_REQUIRES = [
     "tensorflow-probability==0.25.0",
     "tf-keras==2.21.0",
     "tensorflow-datasets==4.9.10",
+    "importlib_resources==7.1.0",  # TFDS 4.9.10 imports it when it downloads or builds a dataset
     "numpy==2.4.6",
     "absl-py==2.5.1",
     "ml_collections==1.1.0",  # config files with typed command-line overrides
@@ -29,5 +30,8 @@ setup(
     python_requires=">=3.10,<3.13",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
+    entry_points={
+        "console_scripts": ["glow-export = glow_tf.export:main", "glow-sample = glow_tf.sample:main"],
+    },
     license="MIT",
 )
