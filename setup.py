@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "tf-keras==2.21.0",
     "tensorflow-datasets==4.9.10",
     "importlib_resources==7.1.0",  # TFDS 4.9.10 imports it when it downloads or builds a dataset
+    "tensorboard==2.21.0",  # summaries are read back in tests; `tensorboard --logdir` for users
     "numpy==2.4.6",
     "absl-py==2.5.1",
     "ml_collections==1.1.0",  # config files with typed command-line overrides
