@@ -1,0 +1,148 @@
+"""Step time and memory of the real training step as the model grows, with and without gradient checkpointing.
+
+    python benchmarks/scaling.py                       # the README's scaling table (~6 min on 2 cores)
+    python benchmarks/scaling.py --grid=checkpointing  # 64x64, L=3, K=16, width 128: checkpointing off / on
+
+Each variant runs in its own process: ``Trainer.train_step`` (the real training step)
+on scikit-learn digits resized to the image size (no download), one step to trace,
+then ``--repeats`` timed steps (median). Peak step memory is TF's allocator peak on
+the device (``tf.config.experimental.get_memory_info``, reset after tracing), i.e. the
+tensors a step keeps alive at once -- what checkpointing trades for recomputation;
+the process's peak RSS is reported for context. Prints a table and writes
+benchmarks/results/scaling-<grid>.json. Not a test; on a shared machine the times are
+noisy (the memory figures are not).
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+BASE = dict(image_size=32, levels=3, steps=8, width=128, batch=16, checkpointing=False)
+GRIDS = {
+    "checkpointing": [
+        dict(BASE, image_size=64, steps=16),
+        dict(BASE, image_size=64, steps=16, checkpointing=True),
+    ],
+    "scaling": [
+        BASE,
+        dict(BASE, image_size=64),
+        dict(BASE, image_size=128),
+        dict(BASE, steps=16),
+        dict(BASE, steps=32),
+        dict(BASE, width=256),
+        dict(BASE, width=512),
+        dict(BASE, checkpointing=True),
+        dict(BASE, image_size=64, checkpointing=True),
+        dict(BASE, image_size=128, checkpointing=True),
+    ],
+}
+
+flags.DEFINE_enum("grid", "scaling", list(GRIDS), "Which set of variants to run.")
+flags.DEFINE_integer("repeats", 3, "Timed steps per variant.")
+flags.DEFINE_string("_child", "", "Internal: one variant as JSON; runs it and prints JSON.")
+FLAGS = flags.FLAGS
+
+
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _child(variant: dict) -> dict:
+    import tensorflow as tf
+
+    from configs import default
+    from glow_tf import train_lib
+
+    config = default.get_config()
+    config.data.name = "digits"
+    config.data.image_size = variant["image_size"]
+    config.data.channels = 3
+    config.model.num_levels = variant["levels"]
+    config.model.num_steps = variant["steps"]
+    config.model.hidden_width = variant["width"]
+    config.model.lu_decomposed = True
+    config.model.learn_top = True
+    config.train.batch_size = config.train.n_init = variant["batch"]
+    config.train.gradient_checkpointing = variant["checkpointing"]
+    with tempfile.TemporaryDirectory() as workdir:
+        trainer = train_lib.Trainer(config, workdir)
+        trainer.initialize()
+        batches = iter(trainer.make_dataset(0))
+        start = time.perf_counter()
+        float(trainer.train_step(next(batches))["loss"])
+        first = time.perf_counter() - start
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        times = []
+        for _ in range(FLAGS.repeats):
+            start = time.perf_counter()
+            loss = float(trainer.train_step(next(batches))["loss"])
+            times.append(time.perf_counter() - start)
+        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    return {
+        **variant,
+        "model_attribute": bool(trainer.model.gradient_checkpointing),
+        "step_peak_mib": (peak - before) / 2**20,
+        "resident_before_step_mib": before / 2**20,
+        "process_peak_rss_mib": _peak_rss_mib(),
+        "seconds_per_step": sorted(times)[len(times) // 2],
+        "first_step_seconds": first,
+        "loss": loss,
+    }
+
+
+def _run_variant(variant: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), f"--_child={json.dumps(variant)}", f"--repeats={FLAGS.repeats}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+    del argv
+    if FLAGS._child:
+        print(json.dumps(_child(json.loads(FLAGS._child))))
+        return
+    print(f"Training step (Trainer.train_step), CPU, {os.cpu_count()} cores; affine, LU 1x1 conv, learned top prior")
+    header = f"{'image':>9} {'L':>2} {'K':>3} {'width':>5} {'batch':>5} {'ckpt':>4} {'s/step':>7} {'img/s':>6} "
+    print(header + f"{'step peak MiB':>13} {'RSS MiB':>8} {'1st step s':>10}")
+    rows = []
+    for variant in GRIDS[FLAGS.grid]:
+        row = _run_variant(variant)
+        rows.append(row)
+        size = f"{row['image_size']}x{row['image_size']}"
+        print(
+            f"{size:>9} {row['levels']:>2} {row['steps']:>3} {row['width']:>5} {row['batch']:>5} "
+            f"{'on' if row['checkpointing'] else 'off':>4} {row['seconds_per_step']:>7.3f} "
+            f"{row['batch'] / row['seconds_per_step']:>6.1f} {row['step_peak_mib']:>13.0f} "
+            f"{row['process_peak_rss_mib']:>8.0f} {row['first_step_seconds']:>10.1f}",
+            flush=True,
+        )
+    print(f"load average {os.getloadavg()}")
+    os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
+    path = os.path.join(REPO, "benchmarks", "results", f"scaling-{FLAGS.grid}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"grid": FLAGS.grid, "rows": rows, "load": os.getloadavg()}, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
