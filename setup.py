@@ -30,7 +30,7 @@ setup(
     packages=find_packages(include=["glow_tf", "glow_tf.*"]),
     python_requires=">=3.10,<3.13",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "bench": ["torch==2.13.0"]},
     entry_points={
         "console_scripts": ["glow-export = glow_tf.export:main", "glow-sample = glow_tf.sample:main"],
     },

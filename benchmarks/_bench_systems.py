@@ -296,6 +296,13 @@ def build_glow_tf_trainer(config: BenchConfig, options: RunOptions, jit: bool, i
     return SystemFns(train, sample, evaluate, lambda bpd: bpd, info), init_s
 
 
+def build_torch_glow(*args):
+    """PyTorch Glow with the layer structure of y0ast/Glow-PyTorch (``_bench_torch``; imports torch lazily)."""
+    from _bench_torch import build_torch_glow as build
+
+    return build(*args)
+
+
 Builder = Callable[[BenchConfig, RunOptions, bool, Any], tuple[SystemFns, float]]
 
 # system name -> (builder, jit_compile)
@@ -305,6 +312,7 @@ SYSTEMS: dict[str, tuple[Builder, bool]] = {
     "glow_tf_xla": (build_glow_tf, True),
     "tfb_glow_xla": (build_tfb_glow, True),
     "glow_tf_trainer": (build_glow_tf_trainer, False),
+    "torch_glow": (build_torch_glow, False),
 }
 JIT_SYSTEMS = ("glow_tf_xla", "tfb_glow_xla")
 
