@@ -61,7 +61,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietTFInfo())
-    from glow_tf import data, distribute, train_lib  # after flag parsing: importing TF is slow
+    from glow_tf import data, distribute, parallelism, train_lib  # after flag parsing: importing TF is slow
+
+    if FLAGS.mode == "eval" or FLAGS.config.train.batch_shards == 0:
+        parallelism.configure_cpu_threads()  # before TF's first op; a no-op with a GPU or TPU
 
     if FLAGS.mode == "eval":
         if not FLAGS.workdir:

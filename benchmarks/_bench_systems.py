@@ -13,6 +13,7 @@ only orchestrates, never loads it.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import resource
@@ -22,7 +23,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["BenchConfig", "RunOptions", "SystemFns", "CONFIGS", "SYSTEMS", "JIT_SYSTEMS", "measure", "matmul_gflops"]
+__all__ = [
+    "BenchConfig",
+    "RunOptions",
+    "SystemFns",
+    "System",
+    "CONFIGS",
+    "SYSTEMS",
+    "JIT_SYSTEMS",
+    "measure",
+    "matmul_gflops",
+]
 
 
 @dataclass(frozen=True)
@@ -85,14 +96,32 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _import_tf(threads: int):
-    """Imports TensorFlow quietly and pins both thread pools to ``threads``."""
+def _import_tf(threads: int, one_thread_per_op: bool = False):
+    """Imports TensorFlow quietly and sets its thread pools.
+
+    By default both pools get ``threads`` (TensorFlow's usual set-up, pinned).
+    ``one_thread_per_op`` applies glow_tf's CPU set-up instead
+    (:func:`glow_tf.parallelism.configure_cpu_threads`: intra-op 1, inter-op ``threads``).
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    if one_thread_per_op:
+        from glow_tf import parallelism
+
+        parallelism.configure_cpu_threads(threads)
+    else:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     return tf
+
+
+def _thread_info(tf, batch_shards: int) -> dict[str, Any]:
+    return {
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "batch_shards": batch_shards,
+    }
 
 
 def _images(config: BenchConfig, seed: int):
@@ -130,15 +159,18 @@ def _bits_per_dim_fn(config: BenchConfig, n_bits: int = 8) -> Callable[[float], 
 
 
 # --------------------------------------------------------------------------- systems
-def build_glow_tf(config: BenchConfig, options: RunOptions, jit: bool, images) -> tuple[SystemFns, float]:
+def build_glow_tf(
+    config: BenchConfig, options: RunOptions, jit: bool, images, compute_dtype: str = "float32"
+) -> tuple[SystemFns, float]:
     """glow_tf.Glow with the fused ``objective`` loss and legacy Adamax in one tf.function.
 
+    The batch is sharded as the runtime's threads suit (``parallelism.auto_batch_shards``).
     Returns the system's callables and the seconds spent in ``model.initialize``.
     """
     import tensorflow as tf
     import tf_keras
 
-    from glow_tf import Glow
+    from glow_tf import Glow, parallelism
 
     model = Glow(
         config.image_shape,
@@ -150,6 +182,8 @@ def build_glow_tf(config: BenchConfig, options: RunOptions, jit: bool, images) -
         lu_decomposed=True,
         learn_top=True,
         seed=options.seed,
+        compute_dtype=compute_dtype,
+        batch_shards=parallelism.auto_batch_shards(),
     )
     init_start = time.perf_counter()
     model.initialize(tf.constant(images))
@@ -179,6 +213,8 @@ def build_glow_tf(config: BenchConfig, options: RunOptions, jit: bool, images) -
         "input_signature": "[None, H, W, C]",
         "num_trainable_variables": len(variables),
         "num_parameters": int(sum(v.shape.num_elements() for v in variables)),
+        "compute_dtype": compute_dtype,
+        **_thread_info(tf, model.batch_shards),
     }
     return SystemFns(train, sample, evaluate, lambda bpd: bpd, info), init_s
 
@@ -245,7 +281,9 @@ def build_tfb_glow(config: BenchConfig, options: RunOptions, jit: bool, images) 
     return SystemFns(train, sample, evaluate, _bits_per_dim_fn(config), info), init_s
 
 
-def build_glow_tf_trainer(config: BenchConfig, options: RunOptions, jit: bool, images) -> tuple[SystemFns, float]:
+def build_glow_tf_trainer(
+    config: BenchConfig, options: RunOptions, jit: bool, images, compute_dtype: str = "float32", batch_shards: int = 0
+) -> tuple[SystemFns, float]:
     """glow_tf through the public ``glow_tf.train_lib.Trainer(...).train_step``.
 
     The config is ``config_lib.default_config()`` with the benchmark's model size,
@@ -256,6 +294,8 @@ def build_glow_tf_trainer(config: BenchConfig, options: RunOptions, jit: bool, i
     dataset, checkpoint manager, summary writers) counts as construction; its
     ``initialize()`` (data-dependent init) is reported as the init time.
     ``jit`` is not supported (the public step is not compiled with XLA).
+    ``compute_dtype`` and ``batch_shards`` set ``config.model.compute_dtype`` and
+    ``config.train.batch_shards`` (0: auto, as ``train.py``).
     """
     import tempfile
 
@@ -276,6 +316,7 @@ def build_glow_tf_trainer(config: BenchConfig, options: RunOptions, jit: bool, i
     cfg.model.permutation, cfg.model.lu_decomposed, cfg.model.learn_top = "invconv", True, True
     cfg.train.batch_size = cfg.train.n_init = config.batch_size
     cfg.optim.ema_decay = 0.0
+    cfg.model.compute_dtype, cfg.train.batch_shards = compute_dtype, batch_shards
     trainer = train_lib.Trainer(cfg, tempfile.mkdtemp(prefix="bench_trainer_"))
     init_start = time.perf_counter()
     trainer.initialize()
@@ -291,6 +332,8 @@ def build_glow_tf_trainer(config: BenchConfig, options: RunOptions, jit: bool, i
         "num_trainable_variables": len(trainer.variables),
         "num_parameters": int(sum(v.shape.num_elements() for v in trainer.variables)),
         "data": "sklearn digits resized to the image shape (one batch, reused)",
+        "compute_dtype": compute_dtype,
+        **_thread_info(tf, model.batch_shards),
     }
     train = lambda _x: trainer.train_step(batch)["loss"]  # the batch is fixed: no input pipeline in the timing
     return SystemFns(train, sample, evaluate, lambda bpd: bpd, info), init_s
@@ -305,14 +348,29 @@ def build_torch_glow(*args):
 
 Builder = Callable[[BenchConfig, RunOptions, bool, Any], tuple[SystemFns, float]]
 
-# system name -> (builder, jit_compile)
-SYSTEMS: dict[str, tuple[Builder, bool]] = {
-    "glow_tf": (build_glow_tf, False),
-    "tfb_glow": (build_tfb_glow, False),
-    "glow_tf_xla": (build_glow_tf, True),
-    "tfb_glow_xla": (build_tfb_glow, True),
-    "glow_tf_trainer": (build_glow_tf_trainer, False),
-    "torch_glow": (build_torch_glow, False),
+
+@dataclass(frozen=True)
+class System:
+    """A benchmarked system: its builder, XLA or not, and glow_tf's CPU thread set-up or TensorFlow's."""
+
+    build: Builder
+    jit: bool = False
+    one_thread_per_op: bool = False
+
+
+SYSTEMS: dict[str, System] = {
+    # glow_tf as users run it: glow_tf.parallelism's one thread per op and one batch shard per core
+    "glow_tf": System(build_glow_tf, one_thread_per_op=True),
+    "glow_tf_trainer": System(build_glow_tf_trainer, one_thread_per_op=True),
+    "glow_tf_trainer_bf16": System(
+        functools.partial(build_glow_tf_trainer, compute_dtype="bfloat16"), one_thread_per_op=True
+    ),
+    # TensorFlow's default threading (every op over every core), no shards: what glow_tf.parallelism adds
+    "glow_tf_trainer_tf_threads": System(functools.partial(build_glow_tf_trainer, batch_shards=1)),
+    "glow_tf_xla": System(build_glow_tf, jit=True, one_thread_per_op=True),
+    "tfb_glow": System(build_tfb_glow),
+    "tfb_glow_xla": System(build_tfb_glow, jit=True),
+    "torch_glow": System(build_torch_glow),
 }
 JIT_SYSTEMS = ("glow_tf_xla", "tfb_glow_xla")
 
@@ -412,8 +470,9 @@ def _measure_phases(fns: SystemFns, x, config: BenchConfig, steps: int) -> dict[
 
 def measure(system: str, config: BenchConfig, options: RunOptions) -> dict[str, Any]:
     """Measures one system at one config in this process; returns a JSON-friendly dict."""
-    tf = _import_tf(options.threads)
-    builder, jit = SYSTEMS[system]
+    spec = SYSTEMS[system]
+    tf = _import_tf(options.threads, spec.one_thread_per_op)
+    builder, jit = spec.build, spec.jit
     images = _images(config, options.seed)
     rss_after_import = _peak_rss_mib()
     result: dict[str, Any] = {"system": system, "config": asdict(config), "jit_compile": jit}

@@ -45,7 +45,13 @@ for _path in (str(HERE), str(ROOT)):
 from _bench_flops import METHOD, glow_flops  # noqa: E402
 from _bench_systems import CONFIGS, JIT_SYSTEMS, SYSTEMS, RunOptions, matmul_gflops, measure  # noqa: E402
 
-DEFAULT_SYSTEMS = ("glow_tf", "tfb_glow")
+DEFAULT_SYSTEMS = ("glow_tf_trainer", "glow_tf_trainer_bf16", "glow_tf", "tfb_glow", "torch_glow")
+PEERS = ("tfb_glow", "torch_glow")  # ratios are taken against systems whose names start with these
+# The performance issue's targets on bench-32: 2x the PyTorch port (measured here as torch_glow) in
+# training and sampling images/s, peak RSS <= 1.5 GiB and time to first step <= 15 s.
+TARGET_SPEEDUP_OVER_TORCH = 2.0
+TARGET_PEAK_RSS_MIB = 1.5 * 1024
+TARGET_FIRST_STEP_S = 15.0
 CHILD_TIMEOUT_S = 1800
 # summary metric -> whether higher is better (for reading the glow_tf / tfb.Glow ratios)
 HIGHER_IS_BETTER = {
@@ -150,7 +156,7 @@ def summarise(config: str, runs: list[dict], matmuls: list[dict], systems: list[
         per_system[system] = row
     ratios = {}
     for ours in (s for s in systems if s.startswith("glow_tf")):
-        for theirs in (s for s in systems if s.startswith("tfb_glow")):
+        for theirs in (s for s in systems if s.startswith(PEERS)):
             ratios[f"{ours}/{theirs}"] = _paired_ratios(runs, ours, theirs)
     return {
         "flops": {"method": METHOD, **flops.as_dict()},
@@ -158,7 +164,25 @@ def summarise(config: str, runs: list[dict], matmuls: list[dict], systems: list[
         "matmul_gflops_median": _median([m.get("gflops_median") for m in matmuls]),
         "systems": per_system,
         "ratios": ratios,
+        "targets": _targets(per_system, ratios),
     }
+
+
+def _targets(per_system: dict[str, Any], ratios: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for each glow_tf training-step system that ran beside torch_glow."""
+    rows = []
+    for system in (s for s in per_system if s.startswith("glow_tf_trainer")):
+        row, vs_torch = per_system[system], ratios.get(f"{system}/torch_glow", {})
+        checks = [
+            ("train vs torch_glow", vs_torch.get("train_images_per_s"), TARGET_SPEEDUP_OVER_TORCH, True),
+            ("sample vs torch_glow", vs_torch.get("sample_images_per_s"), TARGET_SPEEDUP_OVER_TORCH, True),
+            ("peak RSS MiB", row["peak_rss_mib"], TARGET_PEAK_RSS_MIB, False),
+            ("first step s", row["time_to_first_step_s"], TARGET_FIRST_STEP_S, False),
+        ]
+        for name, value, target, higher in checks:
+            met = None if value is None else (value >= target if higher else value <= target)
+            rows.append({"system": system, "target": name, "value": value, "goal": target, "met": met})
+    return rows
 
 
 def _sanity_notes(run: dict[str, Any]) -> list[str]:
@@ -200,13 +224,13 @@ def print_table(config: str, summary: dict[str, Any]) -> None:
         f"counted cost {flops['forward_gflop_per_image']:.3f} GFLOP/img forward, "
         f"{flops['train_gflop_per_image']:.3f} GFLOP/img train"
     )
-    header = f"{'system':<16}{'train img/s':>12}{'sample img/s':>13}{'eval img/s':>11}"
+    header = f"{'system':<28}{'train img/s':>12}{'sample img/s':>13}{'eval img/s':>11}"
     header += f"{'peak RSS MiB':>13}{'1st step s':>11}{'init s':>8}{'GFLOP/s':>9}{'% matmul':>9}"
     print(header)
     for system, row in summary["systems"].items():
         frac = row.get("fraction_of_matmul_peak")
         print(
-            f"{system:<16}{_fmt(row['train_images_per_s'], '12.1f')}{_fmt(row['sample_images_per_s'], '13.1f')}"
+            f"{system:<28}{_fmt(row['train_images_per_s'], '12.1f')}{_fmt(row['sample_images_per_s'], '13.1f')}"
             f"{_fmt(row['eval_images_per_s'], '11.1f')}{_fmt(row['peak_rss_mib'], '13.0f')}"
             f"{_fmt(row['time_to_first_step_s'], '11.1f')}{_fmt(row['init_s'], '8.1f')}"
             f"{_fmt(row.get('train_gflops'), '9.1f')}{_fmt(None if frac is None else 100 * frac, '9.1f')}"
@@ -218,9 +242,14 @@ def print_table(config: str, summary: dict[str, Any]) -> None:
     if summary["ratios"]:
         print("ratios (paired within repeats, median); >1 is better for glow_tf on img/s, <1 on RSS/1st step:")
         labels = ("train", "sample", "eval", "peak RSS", "1st step")
-        print(f"{'pair':<30}" + "".join(f"{m:>10}" for m in labels))
+        print(f"{'pair':<40}" + "".join(f"{m:>10}" for m in labels))
         for pair, vals in summary["ratios"].items():
-            print(f"{pair:<30}" + "".join(_fmt(vals[m], "10.2f") for m in HIGHER_IS_BETTER))
+            print(f"{pair:<40}" + "".join(_fmt(vals[m], "10.2f") for m in HIGHER_IS_BETTER))
+    if summary["targets"]:
+        print("targets (bench-32 issue): 2x torch_glow in train and sample img/s, RSS <= 1.5 GiB, 1st step <= 15 s")
+        for t in summary["targets"]:
+            verdict = {True: "met", False: "NOT met", None: "-"}[t["met"]]
+            print(f"  {t['system']:<28}{t['target']:<22}{_fmt(t['value'], '10.2f')}  goal {t['goal']:g}: {verdict}")
     print(f"FLOP counting: {flops['method']}")
 
 

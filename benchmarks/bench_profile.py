@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="profiled steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before profiling")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--tf_threads", action="store_true", help="TF's default threading instead of glow_tf.parallelism's"
+    )
     parser.add_argument("--top", type=int, default=25, help="rows per table")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     return parser.parse_args(argv)
@@ -210,7 +213,7 @@ def aggregate(events, described, steps: int) -> dict[str, list[dict[str, Any]]]:
 # ------------------------------------------------------------------ main
 def _build(args: argparse.Namespace):
     """The system's callables and the function to profile, with its argument."""
-    tf = _import_tf(args.threads)
+    tf = _import_tf(args.threads, not args.tf_threads)
     config = CONFIGS[args.config]
     images = _images(config, 0)
     fns, _ = build_glow_tf(config, RunOptions(threads=args.threads), False, images)

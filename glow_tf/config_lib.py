@@ -24,7 +24,7 @@ import os
 import ml_collections
 
 from glow_tf import data
-from glow_tf.model import PERMUTATIONS
+from glow_tf.model import COMPUTE_DTYPES, PERMUTATIONS
 
 __all__ = [
     "default_config",
@@ -60,6 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.learn_top = True  # the paper's commands pass --learntop
     config.model.class_conditional = False  # needs a dataset with labels
     config.model.weight_y = 0.0  # > 0 adds the classifier head (class-conditional only)
+    # "bfloat16": mixed precision, the coupling networks compute in bfloat16 (fast on CPUs with AVX512-BF16
+    # and on GPUs/TPUs); variables, flow maths, log-dets and priors stay float32.
+    config.model.compute_dtype = "float32"
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3
@@ -78,6 +81,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.num_steps = 200_000
     config.train.n_init = 256  # images for the data-dependent actnorm init before step 0
     config.train.gradient_checkpointing = False  # recompute each flow step in the backward pass
+    # Independent batch slices per replica step; 0 = auto: one per core on a CPU-only machine, where
+    # train.py also runs TF ops single-threaded (glow_tf.parallelism), else 1.
+    config.train.batch_shards = 0
     config.train.log_every = 100
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 3
@@ -96,7 +102,9 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
-def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, prefix: str = "") -> None:
+def _check_keys(
+    config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, prefix: str = "", allow_missing: bool = False
+) -> None:
     unknown = sorted(set(config.keys()) - set(schema.keys()))
     if unknown:
         where = prefix.rstrip(".") or "the config"
@@ -104,13 +112,13 @@ def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.Config
             f"Unknown config key(s) {[prefix + k for k in unknown]} in {where}; valid keys are {sorted(schema.keys())}."
         )
     missing = sorted(set(schema.keys()) - set(config.keys()))
-    if missing:
+    if missing and not allow_missing:
         raise ValueError(f"Config is missing key(s) {[prefix + k for k in missing]}; start from default_config().")
     for key in schema.keys():
-        if isinstance(schema[key], ml_collections.ConfigDict):
+        if isinstance(schema[key], ml_collections.ConfigDict) and key in config:
             if not isinstance(config[key], ml_collections.ConfigDict):
                 raise ValueError(f"Config field {prefix + key} must be a section (ConfigDict), got {config[key]!r}.")
-            _check_keys(config[key], schema[key], prefix + key + ".")
+            _check_keys(config[key], schema[key], prefix + key + ".", allow_missing)
 
 
 def _int(value, name: str, minimum: int) -> int:
@@ -153,6 +161,10 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int | None 
     if m.permutation not in PERMUTATIONS:
         raise ValueError(f"Unknown config.model.permutation={m.permutation!r}; valid values are {PERMUTATIONS}.")
     _float(m.weight_y, "model.weight_y", 0.0)
+    if m.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"Unknown config.model.compute_dtype={m.compute_dtype!r}; valid compute dtypes are {COMPUTE_DTYPES}."
+        )
     if m.weight_y > 0 and not m.class_conditional:
         raise ValueError("config.model.weight_y > 0 needs config.model.class_conditional=True.")
     try:
@@ -180,6 +192,7 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int | None 
         raise ValueError("Set config.train.batch_size (global) or config.train.per_replica_batch_size to >= 1.")
     _int(t.num_steps, "train.num_steps", 0)
     _int(t.n_init, "train.n_init", 1)
+    _int(t.batch_shards, "train.batch_shards", 0)
     for name in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
         _int(t[name], f"train.{name}", 1)
     for name in ("eval_every", "sample_every"):
@@ -221,12 +234,15 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 def config_from_json(text: str) -> ml_collections.ConfigDict:
     """Inverse of :func:`config_to_json` (lists come back where tuples were); the result is schema-checked.
 
+    Keys added to the schema after the JSON was written take their defaults, so
+    runs saved by an older version still load.
+
     Raises:
       ValueError: when the JSON does not hold a valid config.
     """
     loaded = ml_collections.ConfigDict(json.loads(text))
     config = default_config()
-    _check_keys(loaded, config)
+    _check_keys(loaded, config, allow_missing=True)
     config.update(loaded)
     return config
 

@@ -76,14 +76,18 @@ def is_saved_model(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def _no_recompute(model: Glow) -> Iterator[None]:
-    """Gradient checkpointing off while tracing (inference has no backward pass to save memory for)."""
-    previous = model.gradient_checkpointing
-    model.gradient_checkpointing = False
+def _plain_graph(model: Glow) -> Iterator[None]:
+    """Traces without gradient checkpointing (no backward pass to save memory for) or batch shards.
+
+    Shards only pay off with one thread per op, a setting of the process that
+    loads the SavedModel, not of ours.
+    """
+    previous = model.gradient_checkpointing, model.batch_shards
+    model.gradient_checkpointing, model.batch_shards = False, 1
     try:
         yield
     finally:
-        model.gradient_checkpointing = previous
+        model.gradient_checkpointing, model.batch_shards = previous
 
 
 class _ExportModule(tf.Module):
@@ -132,22 +136,22 @@ def _make_functions(model: Glow, n_bits: int) -> dict[str, Callable]:
     def sample_seeded(num_samples, temperature, seed, *labels):
         tf.debugging.assert_non_negative(num_samples, message="num_samples must be >= 0")
         tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0")
-        with _no_recompute(model):
+        with _plain_graph(model):
             x = model.sample(num_samples, temperature, labels=labels_of(labels, num_samples), seed=seed)
         return {"images": quantization.postprocess(x, n_bits)}
 
     def encode_float(x, *labels):
-        with _no_recompute(model):
+        with _plain_graph(model):
             return dict(zip(names, model.encode(x, labels_of(labels, tf.shape(x)[0]))))
 
     def decode(*args):
         latents, labels = list(args[: len(names)]), args[len(names) :]
-        with _no_recompute(model):
+        with _plain_graph(model):
             x = model.decode(latents, labels_of(labels, tf.shape(latents[0])[0]))
         return {"images": quantization.postprocess(x, n_bits)}
 
     def log_prob_seeded(images, seed, *labels):
-        with _no_recompute(model):
+        with _plain_graph(model):
             return {"log_prob": model.log_prob(dequantized(images, seed), labels_of(labels, tf.shape(images)[0]))}
 
     cores = {

@@ -7,7 +7,7 @@ import os
 import ml_collections
 import tensorflow as tf
 
-from glow_tf import checkpointing, config_lib, data, optim
+from glow_tf import checkpointing, config_lib, data, optim, parallelism
 from glow_tf.model import Glow
 
 __all__ = ["build_model", "restore_for_inference", "CHECKPOINT_KINDS"]
@@ -25,7 +25,8 @@ def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo | None
 
     Returns:
       An uninitialised model (run ``model.initialize`` or restore a checkpoint),
-      with ``gradient_checkpointing`` set from ``config.train``.
+      with ``gradient_checkpointing`` and ``batch_shards`` set from ``config.train``
+      (``batch_shards = 0``: :func:`glow_tf.parallelism.auto_batch_shards`).
 
     Raises:
       ValueError: for a class-conditional model on a dataset without labels, or
@@ -47,9 +48,11 @@ def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo | None
         num_classes=int(info.num_classes) if m.class_conditional else 0,
         weight_y=m.weight_y,
         n_bits=config.data.n_bits,
+        compute_dtype=m.compute_dtype,
         seed=config.seed,
     )
     model.gradient_checkpointing = bool(config.train.gradient_checkpointing)
+    model.batch_shards = config.train.batch_shards or parallelism.auto_batch_shards()
     return model
 
 

@@ -65,6 +65,24 @@ def _encode_layers(layers: Sequence[tfb.Bijector], x: tf.Tensor) -> tuple[tf.Ten
     return x, total
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _compute_dtype(value, dtype: tf.DType) -> tf.DType:
+    """The coupling networks' dtype: ``dtype`` when None, else one of :data:`COMPUTE_DTYPES`."""
+    if value is None:
+        return tf.as_dtype(dtype)
+    name = value.name if isinstance(value, tf.DType) else str(value)
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"Unknown compute_dtype {value!r}; valid compute dtypes are {COMPUTE_DTYPES}.")
+    return tf.as_dtype(name)
+
+
+def _slice_batch(structure, start: tf.Tensor, stop: tf.Tensor):
+    """``t[start:stop]`` for every tensor ``t`` in a nested structure (None stays None)."""
+    return tf.nest.map_structure(lambda t: None if t is None else t[start:stop], structure)
+
+
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -104,7 +122,14 @@ class Glow(tf.Module):
       gradient_checkpointing: recompute each flow step in the backward pass instead
         of keeping its activations (less memory, ~1/3 more compute); settable later
         through the attribute of the same name.
+      batch_shards: split every batch into this many independent slices inside the
+        graph (same results, per example). With one thread per op
+        (:func:`glow_tf.parallelism.configure_cpu_threads`) each CPU core then runs
+        one slice; settable later through the attribute of the same name.
       dtype: float dtype of variables and computation.
+      compute_dtype: dtype the coupling networks compute in (default ``dtype``);
+        ``'bfloat16'`` is a mixed-precision mode: the networks' convolutions run in
+        bfloat16 while the flow maths, log-determinants and priors stay in ``dtype``.
       name: module name.
 
     Raises:
@@ -126,7 +151,9 @@ class Glow(tf.Module):
         n_bits: int = 8,
         seed: int | None = 0,
         gradient_checkpointing: bool = False,
+        batch_shards: int = 1,
         dtype: tf.DType = tf.float32,
+        compute_dtype: tf.DType | str | None = None,
         name: str = "glow",
     ):
         super().__init__(name=name)
@@ -159,7 +186,9 @@ class Glow(tf.Module):
         self.num_classes = num_classes
         self.weight_y = float(weight_y)
         self.dtype = dtype
+        self.compute_dtype = _compute_dtype(compute_dtype, dtype)
         self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.batch_shards = batch_shards
 
         rng = np.random.default_rng(seed)
         levels, latent_shapes = [], []
@@ -205,7 +234,16 @@ class Glow(tf.Module):
                 )
             )
         coupling = AffineCoupling if self.coupling == "affine" else AdditiveCoupling
-        layers.append(coupling(channels, self.hidden_width, seed=rng, dtype=dtype, name=f"{prefix}_coupling"))
+        layers.append(
+            coupling(
+                channels,
+                self.hidden_width,
+                seed=rng,
+                dtype=dtype,
+                compute_dtype=self.compute_dtype,
+                name=f"{prefix}_coupling",
+            )
+        )
         return layers
 
     def _build_chain(self) -> tfb.Bijector:
@@ -234,6 +272,15 @@ class Glow(tf.Module):
         return kwargs
 
     # ------------------------------------------------------------- properties
+    @property
+    def batch_shards(self) -> int:
+        """Independent batch slices per call (1: none); see ``batch_shards`` in the class docstring."""
+        return self._batch_shards
+
+    @batch_shards.setter
+    def batch_shards(self, value: int) -> None:
+        self._batch_shards = _positive_int(value, "batch_shards")
+
     @property
     def actnorms(self) -> list[nn.ActNormModule]:
         """Every actnorm, in the flow and inside the coupling networks."""
@@ -278,7 +325,34 @@ class Glow(tf.Module):
         return checked
 
     # ------------------------------------------------------------- fused walk
+    def _map_shards(self, fn, *args):
+        """``fn(*args)`` on ``batch_shards`` slices of the batch, outputs concatenated on axis 0.
+
+        Every argument is a tensor, a list of tensors or None, with the batch first;
+        ``fn`` must compute each example independently. Slice ``i`` owns examples
+        ``[B i / n, B (i + 1) / n)``; a slice that would be empty (``B < n``)
+        computes one neighbouring example instead and keeps none of its outputs,
+        as some CPU kernels mishandle empty batches. The data-dependent init needs
+        statistics over the whole batch, so it is never sharded.
+        """
+        shards = self.batch_shards
+        if shards == 1 or nn.in_data_dependent_init():
+            return fn(*args)
+        batch = tf.shape(tf.nest.flatten(args)[0])[0]
+        outputs = []
+        for i in range(shards):
+            start, stop = (batch * i) // shards, (batch * (i + 1)) // shards
+            first = tf.minimum(start, batch - 1)
+            last = tf.maximum(stop, first + 1)
+            out = fn(*_slice_batch(args, first, last))
+            outputs.append(_slice_batch(out, start - first, stop - first))
+        return tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *outputs)
+
     def _encode_with_log_det(self, x: tf.Tensor, labels=None) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+        """:meth:`_encode_shard` over ``batch_shards`` slices of the batch."""
+        return self._map_shards(self._encode_shard, x, labels)
+
+    def _encode_shard(self, x: tf.Tensor, labels=None) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
         """One encode pass evaluating each network once.
 
         Returns:
@@ -366,6 +440,9 @@ class Glow(tf.Module):
         """The exact inverse of :meth:`encode`: float images in the model space."""
         latents = self._check_latents(latents)
         labels = self._check_labels(labels, "decode")
+        return self._map_shards(self._decode_shard, latents, labels)
+
+    def _decode_shard(self, latents: list[tf.Tensor], labels: tf.Tensor | None) -> tf.Tensor:
         z = self.top_prior._forward(latents[-1], labels=labels)
         for i in reversed(range(self.num_levels)):
             level = self.levels[i]

@@ -145,7 +145,8 @@ def edge_bias_conv2d(
 
     where ``K = [K_x; K_m]`` on the input-channel axis and the second term is a
     batch-independent ``[H, W, Cout]`` map (see :func:`_border_patches`). A 1x1
-    kernel has no border channel and runs as one matrix product.
+    kernel has no border channel and runs as one matrix product. Weights are
+    folded in their own dtype and cast to ``x.dtype`` (the compute dtype) last.
 
     Args:
       x: ``[B, H, W, Cin]`` with static ``H, W, Cin``.
@@ -160,17 +161,19 @@ def edge_bias_conv2d(
     height, width, cin = (int(d) for d in x.shape[1:])
     if gain is not None:
         kernel = kernel * gain
+        bias = None if bias is None else bias * gain
     if kh == 1 and kw == 1:
-        y = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(kernel, [cin, cout]))
+        y = tf.matmul(tf.reshape(x, [-1, cin]), tf.cast(tf.reshape(kernel, [cin, cout]), x.dtype))
         if bias is not None:
-            y = tf.nn.bias_add(y, bias if gain is None else bias * gain)
+            y = tf.nn.bias_add(y, tf.cast(bias, x.dtype))
         return tf.reshape(y, [-1, height, width, cout])
     kernel_x, kernel_m = tf.split(kernel, [cin, 1], axis=2)
-    patches = tf.constant(_border_patches(height, width, kh, kw), x.dtype)
+    patches = tf.constant(_border_patches(height, width, kh, kw), kernel.dtype)
     offset = tf.matmul(patches, tf.reshape(kernel_m, [kh * kw, cout]))
     if bias is not None:
-        offset += bias if gain is None else bias * gain
-    return tf.nn.conv2d(x, kernel_x, 1, "SAME") + tf.reshape(offset, [height, width, cout])
+        offset += bias
+    offset = tf.cast(tf.reshape(offset, [height, width, cout]), x.dtype)
+    return tf.nn.conv2d(x, tf.cast(kernel_x, x.dtype), 1, "SAME") + offset
 
 
 def _kernel_shape(in_channels: int, out_channels: int, kernel_size: int) -> list[int]:
@@ -244,6 +247,11 @@ class CouplingNetwork(tf.Module):
 
     ``relu(actnorm(conv3x3(x))) -> relu(actnorm(conv1x1(.))) -> conv3x3_zeros``.
     The last layer starts at zero, so the network outputs 0 at init.
+
+    With a ``compute_dtype`` other than ``dtype`` (mixed precision, e.g.
+    ``bfloat16``) the input and the folded weights are cast to it, the three
+    convolutions run in it, and the output is cast back to ``dtype``; variables
+    stay in ``dtype``. The data-dependent init always runs in ``dtype``.
     """
 
     def __init__(
@@ -253,17 +261,21 @@ class CouplingNetwork(tf.Module):
         hidden_width: int,
         seed: int | np.random.Generator | None = None,
         dtype: tf.DType = tf.float32,
+        compute_dtype: tf.DType | None = None,
         name: str | None = None,
     ):
         super().__init__(name=name)
         if hidden_width < 1:
             raise ValueError(f"hidden_width must be a positive integer, got {hidden_width!r}.")
+        self.dtype = tf.as_dtype(dtype)
+        self.compute_dtype = tf.as_dtype(compute_dtype or dtype)
         rng = _rng(seed)
         self.conv1 = Conv2D(in_channels, hidden_width, 3, seed=rng, dtype=dtype, name="conv1")
         self.conv2 = Conv2D(hidden_width, hidden_width, 1, seed=rng, dtype=dtype, name="conv2")
         self.conv_out = Conv2DZeros(hidden_width, out_channels, 3, dtype=dtype, name="conv_out")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        h = tf.nn.relu(self.conv1(x))
+        mixed = self.compute_dtype != self.dtype and not in_data_dependent_init()
+        h = tf.nn.relu(self.conv1(tf.cast(x, self.compute_dtype) if mixed else x))
         h = tf.nn.relu(self.conv2(h))
-        return self.conv_out(h)
+        return tf.cast(self.conv_out(h), self.dtype)

@@ -29,7 +29,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from glow_tf import data, summaries  # noqa: E402
+from glow_tf import data, parallelism, summaries  # noqa: E402
 from glow_tf.attributes import (  # noqa: E402
     DirectionAccumulator,
     Directions,
@@ -177,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 for a user error, reported on stderr)."""
     args = _parser().parse_args(argv)
+    parallelism.configure_cpu_threads()
     try:
         model = load_inference_model(args.model, args.checkpoint)
         paths = _COMMANDS[args.command](model, args)

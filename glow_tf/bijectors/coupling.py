@@ -14,9 +14,16 @@ COUPLING_KINDS = ("affine", "additive")
 
 
 class _Coupling(GlowBijector):
-    """The first ``C1 = C // 2`` channels pass unchanged and condition the rest."""
+    """The first ``C1 = C // 2`` channels pass unchanged and condition the rest.
 
-    def __init__(self, channels, hidden_width, network_channels, seed, dtype, validate_args, parameters, name):
+    ``compute_dtype`` (default ``dtype``) is the dtype the network ``NN`` runs in,
+    e.g. ``tf.bfloat16`` for mixed precision; the coupling maths and log-det stay
+    in ``dtype``.
+    """
+
+    def __init__(
+        self, channels, hidden_width, network_channels, seed, dtype, compute_dtype, validate_args, parameters, name
+    ):
         validate_channels(channels, name, minimum=2)
         self.channels = channels
         self.split_channels = channels // 2
@@ -27,6 +34,7 @@ class _Coupling(GlowBijector):
             hidden_width,
             seed=seed,
             dtype=dtype,
+            compute_dtype=compute_dtype,
             name="network",
         )
         super().__init__(
@@ -69,39 +77,48 @@ class AffineCoupling(_Coupling):
         hidden_width: int = 512,
         seed: int | np.random.Generator | None = None,
         dtype: tf.DType = tf.float32,
+        compute_dtype: tf.DType | None = None,
         validate_args: bool = False,
         name: str | None = None,
     ):
         parameters = dict(locals())
         super().__init__(
-            channels, hidden_width, lambda c2: 2 * c2, seed, dtype, validate_args, parameters, name or "affine_coupling"
+            channels,
+            hidden_width,
+            lambda c2: 2 * c2,
+            seed,
+            dtype,
+            compute_dtype,
+            validate_args,
+            parameters,
+            name or "affine_coupling",
         )
 
-    def _shift_and_log_scale(self, x1):
+    def _shift_and_logit(self, x1):
+        """``(shift, u)`` with ``scale = sigmoid(u)``."""
         shift, raw_scale = tf.split(self._network(x1), 2, axis=-1)
-        return shift, tf.math.log_sigmoid(raw_scale + 2.0)
+        return shift, raw_scale + 2.0
 
     def _forward(self, z):
         z1, z2 = self._halves(z)
-        shift, log_scale = self._shift_and_log_scale(z1)
-        return tf.concat([z1, z2 * tf.exp(-log_scale) - shift], axis=-1)
+        shift, u = self._shift_and_logit(z1)
+        return tf.concat([z1, z2 * (1.0 + tf.exp(-u)) - shift], axis=-1)  # 1 / sigmoid(u) = 1 + exp(-u)
 
     def _inverse(self, x):
         return self.inverse_and_log_det(x)[0]
 
     def _inverse_log_det_jacobian(self, x):
-        _, log_scale = self._shift_and_log_scale(self._halves(x)[0])
-        return sum_over_image(log_scale)
+        _, u = self._shift_and_logit(self._halves(x)[0])
+        return sum_over_image(tf.math.log_sigmoid(u))
 
     def _forward_log_det_jacobian(self, z):
-        _, log_scale = self._shift_and_log_scale(self._halves(z)[0])
-        return -sum_over_image(log_scale)
+        return -self._inverse_log_det_jacobian(z)  # x1 = z1, so the network sees the same input
 
     def inverse_and_log_det(self, x, **kwargs):
         x1, x2 = self._halves(x)
-        shift, log_scale = self._shift_and_log_scale(x1)
-        z2 = (x2 + shift) * tf.exp(log_scale)
-        return tf.concat([x1, z2], axis=-1), sum_over_image(log_scale)
+        shift, u = self._shift_and_logit(x1)
+        z2 = (x2 + shift) * tf.sigmoid(u)
+        return tf.concat([x1, z2], axis=-1), sum_over_image(tf.math.log_sigmoid(u))
 
 
 class AdditiveCoupling(_Coupling):
@@ -122,12 +139,21 @@ class AdditiveCoupling(_Coupling):
         hidden_width: int = 512,
         seed: int | np.random.Generator | None = None,
         dtype: tf.DType = tf.float32,
+        compute_dtype: tf.DType | None = None,
         validate_args: bool = False,
         name: str | None = None,
     ):
         parameters = dict(locals())
         super().__init__(
-            channels, hidden_width, lambda c2: c2, seed, dtype, validate_args, parameters, name or "additive_coupling"
+            channels,
+            hidden_width,
+            lambda c2: c2,
+            seed,
+            dtype,
+            compute_dtype,
+            validate_args,
+            parameters,
+            name or "additive_coupling",
         )
 
     def _forward(self, z):
