@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -340,12 +341,14 @@ class Glow(tf.Module):
             return fn(*args)
         batch = tf.shape(tf.nest.flatten(args)[0])[0]
         outputs = []
-        for i in range(shards):
-            start, stop = (batch * i) // shards, (batch * (i + 1)) // shards
-            first = tf.minimum(start, batch - 1)
-            last = tf.maximum(stop, first + 1)
-            out = fn(*_slice_batch(args, first, last))
-            outputs.append(_slice_batch(out, start - first, stop - first))
+        # Weights shared by the slices are computed once, except where gradient checkpointing recomputes them.
+        with contextlib.nullcontext() if self.gradient_checkpointing else nn.shared_weights():
+            for i in range(shards):
+                start, stop = (batch * i) // shards, (batch * (i + 1)) // shards
+                first = tf.minimum(start, batch - 1)
+                last = tf.maximum(stop, first + 1)
+                out = fn(*_slice_batch(args, first, last))
+                outputs.append(_slice_batch(out, start - first, stop - first))
         return tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *outputs)
 
     def _encode_with_log_det(self, x: tf.Tensor, labels=None) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:

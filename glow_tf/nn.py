@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -44,11 +44,16 @@ __all__ = [
     "data_dependent_init",
     "in_data_dependent_init",
     "edge_bias_conv2d",
+    "fold_edge_bias_conv",
+    "apply_folded_conv",
+    "shared_weights",
+    "shared_weight",
 ]
 
 LOGSCALE_FACTOR = 3.0
 _INIT_STD = 0.05
 _init_state = threading.local()
+_weights_state = threading.local()
 
 
 @contextlib.contextmanager
@@ -69,6 +74,36 @@ def data_dependent_init() -> Iterator[None]:
 def in_data_dependent_init() -> bool:
     """True inside :func:`data_dependent_init`."""
     return getattr(_init_state, "active", False)
+
+
+@contextlib.contextmanager
+def shared_weights() -> Iterator[None]:
+    """Within this context every layer's batch-independent weights are computed once per graph.
+
+    ``Glow.batch_shards`` runs the same layers on several slices of a batch. The
+    folded kernels, ``W`` and ``W^-1`` of the 1x1 convolutions and their
+    log-determinants do not depend on the batch: inside this context the first
+    slice computes them (see :func:`shared_weight`) and the others reuse the same
+    tensors, so they and their gradients are computed once. Not for use around
+    ``tf.recompute_grad``, whose recomputation must read the variables itself.
+    """
+    outer = getattr(_weights_state, "cache", None)
+    _weights_state.cache = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _weights_state.cache = outer
+
+
+def shared_weight(owner: object, key, compute: Callable[[], object]):
+    """``compute()``, or inside :func:`shared_weights` the value computed first for ``(owner, key)`` in this graph."""
+    cache = getattr(_weights_state, "cache", None)
+    if cache is None:
+        return compute()
+    full_key = (id(owner), key, id(tf.compat.v1.get_default_graph()))
+    if full_key not in cache:
+        cache[full_key] = (owner, compute())  # holding owner keeps its id unique while cached
+    return cache[full_key][1]
 
 
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
@@ -157,23 +192,43 @@ def edge_bias_conv2d(
     Returns:
       ``[B, H, W, Cout]``.
     """
-    kh, kw, _, cout = (int(d) for d in kernel.shape)
-    height, width, cin = (int(d) for d in x.shape[1:])
+    height, width = (int(d) for d in x.shape[1:3])
+    return apply_folded_conv(x, *fold_edge_bias_conv(kernel, bias, gain, height, width, x.dtype))
+
+
+def fold_edge_bias_conv(
+    kernel: tf.Tensor, bias: tf.Tensor | None, gain: tf.Tensor | None, height: int, width: int, dtype: tf.DType
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """The batch-independent half of :func:`edge_bias_conv2d`: ``(K_x * gain, offset)`` in ``dtype``.
+
+    ``offset`` is the ``[H, W, Cout]`` map ``(patches @ K_m + bias) * gain``; for a
+    1x1 kernel the folded kernel is a ``[Cin, Cout]`` matrix and ``offset`` the
+    ``[Cout]`` bias (or None).
+    """
+    kh, kw, cin, cout = (int(d) for d in kernel.shape)
     if gain is not None:
         kernel = kernel * gain
         bias = None if bias is None else bias * gain
     if kh == 1 and kw == 1:
-        y = tf.matmul(tf.reshape(x, [-1, cin]), tf.cast(tf.reshape(kernel, [cin, cout]), x.dtype))
-        if bias is not None:
-            y = tf.nn.bias_add(y, tf.cast(bias, x.dtype))
-        return tf.reshape(y, [-1, height, width, cout])
-    kernel_x, kernel_m = tf.split(kernel, [cin, 1], axis=2)
+        return tf.cast(tf.reshape(kernel, [cin, cout]), dtype), None if bias is None else tf.cast(bias, dtype)
+    kernel_x, kernel_m = tf.split(kernel, [cin - 1, 1], axis=2)
     patches = tf.constant(_border_patches(height, width, kh, kw), kernel.dtype)
     offset = tf.matmul(patches, tf.reshape(kernel_m, [kh * kw, cout]))
     if bias is not None:
         offset += bias
-    offset = tf.cast(tf.reshape(offset, [height, width, cout]), x.dtype)
-    return tf.nn.conv2d(x, tf.cast(kernel_x, x.dtype), 1, "SAME") + offset
+    return tf.cast(kernel_x, dtype), tf.cast(tf.reshape(offset, [height, width, cout]), dtype)
+
+
+def apply_folded_conv(x: tf.Tensor, kernel: tf.Tensor, offset: tf.Tensor | None) -> tf.Tensor:
+    """The batch-dependent half of :func:`edge_bias_conv2d`, given :func:`fold_edge_bias_conv`'s output."""
+    if kernel.shape.rank == 2:
+        height, width, cin = (int(d) for d in x.shape[1:])
+        y = tf.matmul(tf.reshape(x, [-1, cin]), kernel)
+        if offset is not None:
+            y = tf.nn.bias_add(y, offset)
+        return tf.reshape(y, [-1, height, width, int(kernel.shape[1])])
+    y = tf.nn.conv2d(x, kernel, 1, "SAME")
+    return y if offset is None else y + offset
 
 
 def _kernel_shape(in_channels: int, out_channels: int, kernel_size: int) -> list[int]:
@@ -205,7 +260,15 @@ class Conv2D(tf.Module):
         if in_data_dependent_init():
             return self.actnorm(edge_bias_conv2d(x, self.kernel))
         # actnorm(conv(x, K)) = (conv(x, K) + b) * exp(3 logs): folded into the convolution.
-        return edge_bias_conv2d(x, self.kernel, self.actnorm.bias, tf.exp(self.actnorm.log_scale()))
+        height, width = (int(d) for d in x.shape[1:3])
+        weights = shared_weight(
+            self,
+            (height, width, x.dtype),
+            lambda: fold_edge_bias_conv(
+                self.kernel, self.actnorm.bias, tf.exp(self.actnorm.log_scale()), height, width, x.dtype
+            ),
+        )
+        return apply_folded_conv(x, *weights)
 
 
 class Conv2DZeros(tf.Module):
@@ -226,7 +289,15 @@ class Conv2DZeros(tf.Module):
         self.logs = tf.Variable(tf.zeros([out_channels], dtype), name="logs")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        return edge_bias_conv2d(x, self.kernel, self.bias, tf.exp(self.logs * LOGSCALE_FACTOR))
+        height, width = (int(d) for d in x.shape[1:3])
+        weights = shared_weight(
+            self,
+            (height, width, x.dtype),
+            lambda: fold_edge_bias_conv(
+                self.kernel, self.bias, tf.exp(self.logs * LOGSCALE_FACTOR), height, width, x.dtype
+            ),
+        )
+        return apply_folded_conv(x, *weights)
 
 
 class LinearZeros(tf.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from glow_tf import nn
 from glow_tf.bijectors.base import GlowBijector, num_positions, validate_channels
 
 __all__ = ["InvertibleConv1x1", "LUInvertibleConv1x1", "random_rotation", "log_abs_det"]
@@ -59,20 +60,24 @@ class _Conv1x1(GlowBijector):
         """``log|det W|``."""
         raise NotImplementedError
 
+    def _shared(self, name: str) -> tf.Tensor:
+        """``weight``, ``inverse_weight`` or ``log_abs_det_weight``, shared by batch shards (``nn.shared_weights``)."""
+        return nn.shared_weight(self, name, getattr(self, name))
+
     def _forward(self, z):
-        return _matmul_channels(z, self.inverse_weight())
+        return _matmul_channels(z, self._shared("inverse_weight"))
 
     def _inverse(self, x):
-        return _matmul_channels(x, self.weight())
+        return _matmul_channels(x, self._shared("weight"))
 
     def _inverse_log_det_jacobian(self, x):
-        return self.log_abs_det_weight()
+        return self._shared("log_abs_det_weight")
 
     def _forward_log_det_jacobian(self, z):
-        return -self.log_abs_det_weight()
+        return -self._shared("log_abs_det_weight")
 
     def inverse_and_log_det(self, x, **kwargs):
-        return _matmul_channels(x, self.weight()), num_positions(x) * self.log_abs_det_weight()
+        return _matmul_channels(x, self._shared("weight")), num_positions(x) * self._shared("log_abs_det_weight")
 
 
 class InvertibleConv1x1(_Conv1x1):
