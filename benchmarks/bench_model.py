@@ -164,7 +164,7 @@ def summarise(config: str, runs: list[dict], matmuls: list[dict], systems: list[
         "matmul_gflops_median": _median([m.get("gflops_median") for m in matmuls]),
         "systems": per_system,
         "ratios": ratios,
-        "targets": _targets(per_system, ratios),
+        "targets": _targets(per_system, ratios) if config == "bench-32" else [],
     }
 
 

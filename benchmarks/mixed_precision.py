@@ -8,7 +8,9 @@ and noise), once with ``config.model.compute_dtype = "float32"`` and once with
 the whole test split at the end. It then re-evaluates the float32 run's final
 checkpoint with bfloat16 coupling networks (same weights, same dequantisation
 noise): that difference is what bfloat16 arithmetic alone does to bits/dim, while
-the difference between the two runs also includes their diverging trajectories.
+the difference between the two runs also includes their diverging trajectories. With
+``--control`` (default) a third run, float32 with the next seed, shows how far two
+float32 runs differ anyway.
 Writes ``benchmarks/results/mixed_precision-<name>.json``.
 
 Not a test; compare only numbers from one run (the machine may be shared).
@@ -32,14 +34,16 @@ sys.path.insert(0, REPO)
 flags.DEFINE_string("config", "mnist", "Name of a configs/*.py file.")
 flags.DEFINE_string("data_path", "", "Train on this .npz instead (data.name=npz, 10% held out as the test split).")
 flags.DEFINE_integer("steps", 1500, "Training steps per run.")
-flags.DEFINE_string("workdir", "/tmp/glow_mixed_precision", "Parent folder of the two runs (emptied first).")
+flags.DEFINE_string("workdir", "/tmp/glow_mixed_precision", "Parent folder of the runs (emptied first).")
+flags.DEFINE_bool("control", True, "Also train float32 with another seed: the run-to-run spread of bits/dim.")
 FLAGS = flags.FLAGS
 
 DTYPES = ("float32", "bfloat16")
 
 
-def _config(compute_dtype: str):
+def _config(compute_dtype: str, seed_offset: int = 0):
     config = importlib.import_module(f"configs.{FLAGS.config}").get_config()
+    config.seed += seed_offset
     if FLAGS.data_path:
         config.data.name = "npz"
         config.data.path = os.path.abspath(FLAGS.data_path)
@@ -51,11 +55,11 @@ def _config(compute_dtype: str):
     return config
 
 
-def _train(compute_dtype: str) -> dict:
+def _train(compute_dtype: str, seed_offset: int = 0) -> dict:
     from glow_tf import train_lib
 
-    workdir = os.path.join(FLAGS.workdir, compute_dtype)
-    trainer = train_lib.Trainer(_config(compute_dtype), workdir)
+    workdir = os.path.join(FLAGS.workdir, compute_dtype + (f"_seed+{seed_offset}" if seed_offset else ""))
+    trainer = train_lib.Trainer(_config(compute_dtype, seed_offset), workdir)
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
@@ -90,6 +94,8 @@ def main(argv):
     parallelism.configure_cpu_threads()
     shutil.rmtree(FLAGS.workdir, ignore_errors=True)
     runs = {dtype: _train(dtype) for dtype in DTYPES}
+    if FLAGS.control:
+        runs["float32_seed+1"] = _train("float32", seed_offset=1)
     fp32 = runs["float32"]
     fp32_eval_again = _evaluate_as(fp32["workdir"], "float32")
     fp32_as_bf16 = _evaluate_as(fp32["workdir"], "bfloat16")
@@ -101,6 +107,9 @@ def main(argv):
         "float32_checkpoint": {"float32_eval": fp32_eval_again, "bfloat16_eval": fp32_as_bf16},
         "bf16_arithmetic_bits_per_dim_change": fp32_as_bf16 - fp32_eval_again,
         "trajectory_bits_per_dim_change": runs["bfloat16"]["test_bits_per_dim"] - fp32["test_bits_per_dim"],
+        "seed_to_seed_bits_per_dim_change": (
+            runs["float32_seed+1"]["test_bits_per_dim"] - fp32["test_bits_per_dim"] if FLAGS.control else None
+        ),
         "speedup": runs["bfloat16"]["images_per_s_incl_eval"] / fp32["images_per_s_incl_eval"],
         "loadavg_end": os.getloadavg(),
     }
@@ -113,6 +122,8 @@ def main(argv):
         f"(change {report['bf16_arithmetic_bits_per_dim_change']:+.4f} bits/dim)"
     )
     print(f"bfloat16 run - float32 run: {report['trajectory_bits_per_dim_change']:+.4f} bits/dim")
+    if FLAGS.control:
+        print(f"float32 seed+1 run - float32 run: {report['seed_to_seed_bits_per_dim_change']:+.4f} bits/dim (spread)")
     os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
     name = FLAGS.config + ("_npz" if FLAGS.data_path else "")
     path = os.path.join(REPO, "benchmarks", "results", f"mixed_precision-{name}.json")

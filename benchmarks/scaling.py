@@ -3,14 +3,16 @@
     python benchmarks/scaling.py                       # the README's scaling table (~6 min on 2 cores)
     python benchmarks/scaling.py --grid=checkpointing  # 64x64, L=3, K=16, width 128: checkpointing off / on
 
-Each variant runs in its own process: ``Trainer.train_step`` (the real training step)
-on scikit-learn digits resized to the image size (no download), one step to trace,
-then ``--repeats`` timed steps (median). Peak step memory is TF's allocator peak on
-the device (``tf.config.experimental.get_memory_info``, reset after tracing), i.e. the
-tensors a step keeps alive at once -- what checkpointing trades for recomputation;
-the process's peak RSS is reported for context. Prints a table and writes
-benchmarks/results/scaling-<grid>.json. Not a test; on a shared machine the times are
-noisy (the memory figures are not).
+Each variant runs in its own process, set up as ``train.py`` does
+(``glow_tf.parallelism``: one thread per op, one batch shard per core):
+``Trainer.train_step`` (the real training step) on scikit-learn digits resized to
+the image size (no download), one step to trace, then ``--repeats`` timed steps
+(median). Peak step memory is TF's allocator peak on the device
+(``tf.config.experimental.get_memory_info``, reset after tracing), i.e. the tensors
+a step keeps alive at once -- what checkpointing trades for recomputation; the
+process's peak RSS is reported for context. Prints a table and writes
+benchmarks/results/scaling-<grid>.json. Not a test; on a shared machine the times
+are noisy (the memory figures are not).
 """
 
 import os
@@ -66,7 +68,9 @@ def _child(variant: dict) -> dict:
     import tensorflow as tf
 
     from configs import default
-    from glow_tf import train_lib
+    from glow_tf import parallelism, train_lib
+
+    parallelism.configure_cpu_threads()  # as train.py: one thread per op, one batch shard per core
 
     config = default.get_config()
     config.data.name = "digits"
@@ -97,6 +101,7 @@ def _child(variant: dict) -> dict:
     return {
         **variant,
         "model_attribute": bool(trainer.model.gradient_checkpointing),
+        "batch_shards": trainer.model.batch_shards,
         "step_peak_mib": (peak - before) / 2**20,
         "resident_before_step_mib": before / 2**20,
         "process_peak_rss_mib": _peak_rss_mib(),

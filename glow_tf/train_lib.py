@@ -88,6 +88,9 @@ class Trainer:
         self.conditional = bool(config.model.class_conditional)
         with self.strategy.scope():
             self.model = build_model(config, self.info)
+            if not config.train.batch_shards:  # auto: never more slices than a replica has images
+                per_replica = self.global_batch // self.strategy.num_replicas_in_sync
+                self.model.batch_shards = min(self.model.batch_shards, per_replica)
             self.variables = self.model.trainable_variables
             self.optimizer = optim.make_optimizer(config.optim, self.global_batch)
             optim.create_slots(self.optimizer, self.variables)
@@ -271,12 +274,14 @@ class Trainer:
             config_lib.save_config(self.config, self.workdir)
             self.writers.text("config", "```\n" + config_lib.config_to_json(self.config) + "\n```", step)
         logging.info(
-            "Training %s from step %d to %d, global batch %d (%s).",
+            "Training %s from step %d to %d, global batch %d (%s; %d batch shard(s) per replica, %s networks).",
             self.info.name,
             step,
             target,
             self.global_batch,
             distribute.describe(self.strategy),
+            self.model.batch_shards,
+            self.model.compute_dtype.name,
         )
         iterator = iter(self.make_dataset(step))
         result = TrainResult(step)

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from helpers import perturb
 
-from glow_tf import Glow, config_lib, inference, nn, parallelism
+from glow_tf import Glow, config_lib, inference, nn, parallelism, train_lib
 from glow_tf.model import COMPUTE_DTYPES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -434,6 +434,35 @@ def test_build_model_takes_batch_shards_and_compute_dtype_from_the_config(monkey
     assert model.batch_shards == parallelism.auto_batch_shards() and model.compute_dtype == tf.float32
     monkeypatch.setattr(parallelism, "auto_batch_shards", lambda: 5)
     assert inference.build_model(config).batch_shards == 5
+
+
+def test_trainer_auto_shards_never_exceed_the_per_replica_batch(monkeypatch, tmp_path):
+    monkeypatch.setattr(parallelism, "auto_batch_shards", lambda: 64)
+    config = _test_config()
+    config.train.batch_size = 4
+    assert train_lib.Trainer(config, str(tmp_path / "auto")).model.batch_shards == 4
+    config.train.batch_shards = 6  # an explicit choice is kept
+    assert train_lib.Trainer(config, str(tmp_path / "explicit")).model.batch_shards == 6
+
+
+def test_sharded_trainer_step_updates_like_the_unsharded_one(tmp_path):
+    """The public training step (noise, loss, gradients, guard, Adamax, EMA) is the same with 3 slices."""
+    trainers = []
+    for shards in (1, 3):
+        config = _test_config()
+        config.train.batch_shards = shards
+        trainer = train_lib.Trainer(config, str(tmp_path / f"shards{shards}"))
+        trainer.initialize()
+        batch = next(iter(trainer.make_dataset(0)))
+        metrics = [trainer.train_step(batch) for _ in range(2)]
+        trainers.append((trainer, metrics))
+    (plain, plain_metrics), (sharded, sharded_metrics) = trainers
+    assert sharded.model.batch_shards == 3
+    for a, b in zip(plain_metrics, sharded_metrics):
+        np.testing.assert_allclose(float(b["loss"]), float(a["loss"]), rtol=1e-6)
+        np.testing.assert_allclose(float(b["grad_norm"]), float(a["grad_norm"]), rtol=1e-4)
+    for a, b in zip(plain.variables, sharded.variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.name)
 
 
 # --------------------------------------------------------------------------- parallelism
