@@ -19,6 +19,9 @@ def get_config():
     config.optim.ema_decay = 0.9  # exercise the EMA path (checkpointed, swapped in for eval and samples)
 
     config.train.batch_size = 16
+    # Two batch slices in every process, whatever its threads (auto would give 2 in train.py's
+    # subprocesses and 1 in pytest's): sharded steps everywhere, and resume comparisons run the same graph.
+    config.train.batch_shards = 2
     config.train.num_steps = 20
     config.train.n_init = 32
     config.train.log_every = 5

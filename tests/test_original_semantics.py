@@ -26,7 +26,7 @@ def _reference_edge_bias_conv(x, kernel):
 
 def test_edge_bias_conv_matches_the_original_padding():
     x = RNG.normal(size=[2, 5, 4, 3])
-    for kernel_shape in ([3, 3, 4, 6], [5, 3, 4, 2]):
+    for kernel_shape in ([3, 3, 4, 6], [5, 3, 4, 2], [3, 3, 4, 3]):
         kernel = RNG.normal(size=kernel_shape)
         expected = _reference_edge_bias_conv(x, kernel)
         np.testing.assert_allclose(
@@ -37,6 +37,21 @@ def test_edge_bias_conv_matches_the_original_padding():
         np.testing.assert_allclose(folded.numpy(), (expected + bias) * gain, atol=1e-12)
     kernel = RNG.normal(size=[1, 1, 3, 5])
     np.testing.assert_allclose(nn.edge_bias_conv2d(tf.constant(x), tf.constant(kernel)).numpy(), x @ kernel[0, 0])
+
+
+def test_border_channel_centre_tap_gets_exactly_zero_gradient():
+    """As in the original, the border channel's centre tap only ever sees interior zeros: a dead weight that
+    Adamax must leave alone (a gradient of rounding noise would be scaled up to a full step)."""
+    x = tf.constant(RNG.normal(size=[4, 6, 6, 3]), tf.float32)
+    for kernel_shape in ([3, 3, 4, 16], [3, 3, 4, 2]):
+        kernel = tf.Variable(RNG.normal(size=kernel_shape), dtype=tf.float32)
+        bias, gain = tf.constant(RNG.normal(size=kernel_shape[-1]), tf.float32), tf.ones([kernel_shape[-1]])
+        with tf.GradientTape() as tape:
+            y = nn.edge_bias_conv2d(x, kernel, bias, gain)
+            loss = tf.reduce_sum(tf.sin(3.0 * y))
+        grad = tape.gradient(loss, kernel).numpy()
+        assert np.all(grad[1, 1, -1] == 0.0), grad[1, 1, -1]
+        assert np.all(grad[0, 0, -1] != 0.0)  # a corner tap does meet the border
 
 
 def test_conv_with_actnorm_folds_exactly():

@@ -439,7 +439,7 @@ def test_build_model_takes_batch_shards_and_compute_dtype_from_the_config(monkey
 def test_trainer_auto_shards_never_exceed_the_per_replica_batch(monkeypatch, tmp_path):
     monkeypatch.setattr(parallelism, "auto_batch_shards", lambda: 64)
     config = _test_config()
-    config.train.batch_size = 4
+    config.train.batch_size, config.train.batch_shards = 4, 0
     assert train_lib.Trainer(config, str(tmp_path / "auto")).model.batch_shards == 4
     config.train.batch_shards = 6  # an explicit choice is kept
     assert train_lib.Trainer(config, str(tmp_path / "explicit")).model.batch_shards == 6
