@@ -20,7 +20,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import importlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -29,7 +28,9 @@ import time  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
+
+from _bench_configs import run_config  # noqa: E402
 
 flags.DEFINE_string("config", "mnist", "Name of a configs/*.py file.")
 flags.DEFINE_string("data_path", "", "Train on this .npz instead (data.name=npz, 10% held out as the test split).")
@@ -42,16 +43,9 @@ DTYPES = ("float32", "bfloat16")
 
 
 def _config(compute_dtype: str, seed_offset: int = 0):
-    config = importlib.import_module(f"configs.{FLAGS.config}").get_config()
+    config = run_config(FLAGS.config, FLAGS.data_path, FLAGS.steps, FLAGS.steps)
     config.seed += seed_offset
-    if FLAGS.data_path:
-        config.data.name = "npz"
-        config.data.path = os.path.abspath(FLAGS.data_path)
     config.model.compute_dtype = compute_dtype
-    config.train.num_steps = FLAGS.steps
-    for every in ("eval_every", "sample_every", "checkpoint_every"):
-        config.train[every] = FLAGS.steps
-    config.eval.max_examples = 0  # the whole test split
     return config
 
 
@@ -113,7 +107,7 @@ def main(argv):
         "speedup": runs["bfloat16"]["images_per_s_incl_eval"] / fp32["images_per_s_incl_eval"],
         "loadavg_end": os.getloadavg(),
     }
-    print(f"\n{FLAGS.config} ({FLAGS.data_path or 'TFDS'}), {FLAGS.steps} steps per run")
+    print(f"\n{FLAGS.config} ({FLAGS.data_path or _config('float32').data.name}), {FLAGS.steps} steps per run")
     print(f"{'compute dtype':<14}{'images/s':>10}{'test bits/dim':>15}")
     for dtype, run in runs.items():
         print(f"{dtype:<14}{run['images_per_s_incl_eval']:>10.1f}{run['test_bits_per_dim']:>15.4f}")

@@ -18,7 +18,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import importlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -27,7 +26,9 @@ import time  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
+
+from _bench_configs import run_config  # noqa: E402
 
 flags.DEFINE_string("config", "digits", "Name of a configs/*.py file.")
 flags.DEFINE_string("data_path", "", "Train on this .npz instead (data.name=npz, 10% held out as the test split).")
@@ -44,17 +45,10 @@ def main(argv):
 
     import tensorflow as tf
 
-    from glow_tf import data, train_lib
+    from glow_tf import data, parallelism, train_lib
 
-    config = importlib.import_module(f"configs.{FLAGS.config}").get_config()
-    if FLAGS.data_path:
-        config.data.name = "npz"
-        config.data.path = os.path.abspath(FLAGS.data_path)
-    config.train.num_steps = FLAGS.steps
-    config.train.eval_every = FLAGS.eval_every
-    config.train.sample_every = FLAGS.steps
-    config.train.checkpoint_every = FLAGS.steps
-    config.eval.max_examples = 0
+    parallelism.configure_cpu_threads()  # as train.py: one thread per op, one batch shard per core
+    config = run_config(FLAGS.config, FLAGS.data_path, FLAGS.steps, FLAGS.eval_every)
     name = FLAGS.name or FLAGS.config + ("_npz" if FLAGS.data_path else "")
     workdir = FLAGS.workdir or f"/tmp/glow_train_quality_{name}"
     shutil.rmtree(workdir, ignore_errors=True)

@@ -231,6 +231,18 @@ def apply_folded_conv(x: tf.Tensor, kernel: tf.Tensor, offset: tf.Tensor | None)
     return y if offset is None else y + offset
 
 
+def _shared_folded_conv(owner: tf.Module, x: tf.Tensor, weights: Callable[[], tuple]) -> tf.Tensor:
+    """``edge_bias_conv2d(x, *weights())``, folding ``weights() = (kernel, bias, gain)`` once per graph.
+
+    Inside :func:`shared_weights` the batch shards of a call share the folded weights.
+    """
+    height, width = (int(d) for d in x.shape[1:3])
+    folded = shared_weight(
+        owner, (height, width, x.dtype), lambda: fold_edge_bias_conv(*weights(), height, width, x.dtype)
+    )
+    return apply_folded_conv(x, *folded)
+
+
 def _kernel_shape(in_channels: int, out_channels: int, kernel_size: int) -> list[int]:
     if kernel_size % 2 != 1:
         raise ValueError(f"kernel_size must be odd, got {kernel_size}.")
@@ -260,15 +272,7 @@ class Conv2D(tf.Module):
         if in_data_dependent_init():
             return self.actnorm(edge_bias_conv2d(x, self.kernel))
         # actnorm(conv(x, K)) = (conv(x, K) + b) * exp(3 logs): folded into the convolution.
-        height, width = (int(d) for d in x.shape[1:3])
-        weights = shared_weight(
-            self,
-            (height, width, x.dtype),
-            lambda: fold_edge_bias_conv(
-                self.kernel, self.actnorm.bias, tf.exp(self.actnorm.log_scale()), height, width, x.dtype
-            ),
-        )
-        return apply_folded_conv(x, *weights)
+        return _shared_folded_conv(self, x, lambda: (self.kernel, self.actnorm.bias, tf.exp(self.actnorm.log_scale())))
 
 
 class Conv2DZeros(tf.Module):
@@ -289,15 +293,7 @@ class Conv2DZeros(tf.Module):
         self.logs = tf.Variable(tf.zeros([out_channels], dtype), name="logs")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        height, width = (int(d) for d in x.shape[1:3])
-        weights = shared_weight(
-            self,
-            (height, width, x.dtype),
-            lambda: fold_edge_bias_conv(
-                self.kernel, self.bias, tf.exp(self.logs * LOGSCALE_FACTOR), height, width, x.dtype
-            ),
-        )
-        return apply_folded_conv(x, *weights)
+        return _shared_folded_conv(self, x, lambda: (self.kernel, self.bias, tf.exp(self.logs * LOGSCALE_FACTOR)))
 
 
 class LinearZeros(tf.Module):
