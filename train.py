@@ -63,8 +63,8 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietTFInfo())
     from glow_tf import data, distribute, parallelism, train_lib  # after flag parsing: importing TF is slow
 
-    if FLAGS.mode == "eval" or FLAGS.config.train.batch_shards == 0:
-        parallelism.configure_cpu_threads()  # before TF's first op; a no-op with a GPU or TPU
+    if not FLAGS.tpu and (FLAGS.mode == "eval" or FLAGS.config.train.batch_shards == 0):
+        parallelism.configure_cpu_threads()  # before TF's first op; a no-op with a local GPU or TPU
 
     if FLAGS.mode == "eval":
         if not FLAGS.workdir:
