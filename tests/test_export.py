@@ -317,3 +317,28 @@ def test_sampling_tools_work_from_a_training_run(trained, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["samples_T0.00.png", "samples_T1.00.png"]
     grid = tf.io.decode_png(tf.io.read_file(str(tmp_path / "samples_T1.00.png"))).numpy()
     assert grid.shape == (1 + 2 * 9, 1 + 2 * 9, 1) and grid.std() > 0
+
+
+def test_bfloat16_sharded_model_exports_a_plain_bfloat16_graph(tmp_path):
+    """A mixed-precision model with batch slices exports and reloads; slices are a tracing-time setting only."""
+    model = tiny_model([8, 8, 3], 5)
+    bf16 = glow_tf.Glow(
+        [8, 8, 3], num_levels=2, num_steps=2, hidden_width=8, learn_top=True, n_bits=5, compute_dtype="bfloat16"
+    )
+    for source, target in zip(model.variables, bf16.variables):
+        target.assign(source)
+    bf16.batch_shards = 2
+    path = export.export_model(bf16, str(tmp_path / "bf16"))
+    assert bf16.batch_shards == 2  # restored after tracing
+    loaded = tf.saved_model.load(path)
+    images = np.random.default_rng(0).integers(0, 256, [3, 8, 8, 3]).astype(np.uint8)
+    x = quantization.dequantize(quantization.preprocess(images, 5), 5, seed=tf.constant(SEED, tf.int64))
+    exported_log_prob = loaded.log_prob_seeded(tf.constant(images), tf.constant(SEED, tf.int64))["log_prob"]
+    bf16.batch_shards = 1  # the exported graph is the plain one; in a graph, bfloat16 rounding depends on op fusion
+    live = tf.function(bf16.log_prob)(x)
+    np.testing.assert_allclose(exported_log_prob.numpy(), live.numpy(), rtol=1e-5)
+    # bfloat16 networks: close to the float32 model, not equal to it
+    difference = np.abs(exported_log_prob.numpy() - model.log_prob(x).numpy())
+    assert 0 < difference.max() < 0.01 * 8 * 8 * 3 * np.log(2.0)
+    samples = loaded.signatures["sample"](num_samples=tf.constant(3), temperature=tf.constant(0.7))["images"]
+    assert samples.shape == (3, 8, 8, 3) and samples.dtype == tf.uint8
