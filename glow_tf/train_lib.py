@@ -28,9 +28,12 @@ from absl import logging
 from glow_tf import checkpointing, config_lib, data, distribute, optim, summaries
 from glow_tf.evaluation import Evaluator
 from glow_tf.inference import build_model, restore_for_inference
+from glow_tf.model import Glow
 
 __all__ = [
     "build_model",
+    "build_run_state",
+    "RunState",
     "Trainer",
     "TrainResult",
     "NonFiniteLossError",
@@ -52,6 +55,49 @@ class TrainResult:
     step: int
     interrupted_by: int | None = None
     last_eval_bits_per_dim: float | None = None
+
+
+@dataclasses.dataclass
+class RunState:
+    """Everything a training checkpoint holds besides the model's own variables.
+
+    ``checkpoint`` is the ``tf.train.Checkpoint`` of a run: ``model``, ``optimizer``
+    (Adamax slots created up front), ``step``, ``best`` (lowest eval bits/dim) and,
+    when ``optim.ema_decay > 0``, ``ema``.
+    """
+
+    model: Glow
+    variables: list
+    optimizer: object
+    ema: optim.ExponentialMovingAverage | None
+    step: tf.Variable
+    best_bits_per_dim: tf.Variable
+    checkpoint: tf.train.Checkpoint
+
+
+def build_run_state(
+    config: ml_collections.ConfigDict,
+    model: Glow,
+    global_batch: int,
+    strategy: tf.distribute.Strategy | None = None,
+) -> RunState:
+    """The optimizer, EMA, step and best-value variables of a run around ``model``, and their checkpoint.
+
+    The Trainer and tools that write a new run (``glow_tf.convert``) share it, so
+    every run's checkpoint has the same structure.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        variables = model.trainable_variables
+        optimizer = optim.make_optimizer(config.optim, global_batch)
+        optim.create_slots(optimizer, variables)
+        ema = optim.ExponentialMovingAverage(variables, config.optim.ema_decay) if config.optim.ema_decay > 0 else None
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        best = tf.Variable(float("inf"), trainable=False, name="best_bits_per_dim")
+    parts = dict(model=model, optimizer=optimizer, step=step, best=best)
+    if ema is not None:
+        parts["ema"] = ema
+    return RunState(model, list(variables), optimizer, ema, step, best, tf.train.Checkpoint(**parts))
 
 
 def _format_seconds(seconds: float) -> str:
@@ -91,21 +137,11 @@ class Trainer:
             if not config.train.batch_shards:  # auto: never more slices than a replica has images
                 per_replica = self.global_batch // self.strategy.num_replicas_in_sync
                 self.model.batch_shards = min(self.model.batch_shards, per_replica)
-            self.variables = self.model.trainable_variables
-            self.optimizer = optim.make_optimizer(config.optim, self.global_batch)
-            optim.create_slots(self.optimizer, self.variables)
-            self.schedule = self.optimizer.learning_rate
-            self.ema = (
-                optim.ExponentialMovingAverage(self.variables, config.optim.ema_decay)
-                if config.optim.ema_decay > 0
-                else None
-            )
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.best_bits_per_dim = tf.Variable(float("inf"), trainable=False, name="best_bits_per_dim")
-        parts = dict(model=self.model, optimizer=self.optimizer, step=self.step, best=self.best_bits_per_dim)
-        if self.ema is not None:
-            parts["ema"] = self.ema
-        self.checkpoint = tf.train.Checkpoint(**parts)
+        state = build_run_state(config, self.model, self.global_batch, self.strategy)
+        self.variables = state.variables
+        self.optimizer, self.ema, self.step = state.optimizer, state.ema, state.step
+        self.best_bits_per_dim, self.checkpoint = state.best_bits_per_dim, state.checkpoint
+        self.schedule = self.optimizer.learning_rate
         self.checkpoints = checkpointing.CheckpointSet(
             workdir,
             self.checkpoint,
