@@ -24,6 +24,9 @@ import tensorflow as tf
 from absl import logging
 
 __all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "NoReadableCheckpointError",
     "CheckpointSet",
     "PreemptionWatcher",
     "all_finite",
@@ -31,6 +34,23 @@ __all__ = [
     "restore_first_good",
     "verify_readable",
 ]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that exists cannot be restored; nothing was changed on disk."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint holds another model (different shapes or structure) than the one built."""
+
+
+class NoReadableCheckpointError(CheckpointError):
+    """Every checkpoint of a folder is torn or corrupt."""
+
+
+def _first_line(error: BaseException, limit: int = 400) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]
 
 
 def all_finite(variables) -> bool:
@@ -106,23 +126,32 @@ class CheckpointSet:
         """Saves the ``best`` checkpoint and writes ``best/best.json`` with the step and value."""
         path = self._save(self.best, step)
         if path and self.is_chief:
-            with open(os.path.join(self.workdir, "best", "best.json"), "w", encoding="utf-8") as f:
+            target = os.path.join(self.workdir, "best", "best.json")
+            with open(target + ".tmp", "w", encoding="utf-8") as f:
                 json.dump({"step": step, "bits_per_dim": bits_per_dim, "checkpoint": os.path.basename(path)}, f)
+            os.replace(target + ".tmp", target)
         return path
 
-    def restore_latest(self) -> str | None:
+    def restore_latest(self, what: str = "this run's model") -> str | None:
         """Restores the newest readable ``latest`` checkpoint.
 
         A torn or corrupt newest checkpoint is skipped with a warning and the one
         before it is tried, and so on.
 
+        Args:
+          what: the model's origin, for error messages (e.g. "the model of runs/x/config.json").
+
         Returns:
-          The restored checkpoint's path, or None when there is none to restore.
+          The restored checkpoint's path, or None when the run has no ``latest``
+          checkpoint at all.
+
+        Raises:
+          CheckpointMismatchError: a readable checkpoint holds another model.
+          NoReadableCheckpointError: checkpoints exist but none is readable.
         """
         # Every worker restores from the chief's folder (a shared file system is assumed).
-        return restore_first_good(
-            self.checkpoint, checkpoint_candidates(os.path.join(self.workdir, "checkpoints"), "ckpt")
-        )
+        candidates = checkpoint_candidates(os.path.join(self.workdir, "checkpoints"), "ckpt")
+        return restore_first_good(self.checkpoint, candidates, what=what) if candidates else None
 
 
 def _manager(checkpoint: tf.train.Checkpoint, directory: str, max_to_keep: int, name: str):
@@ -148,30 +177,55 @@ def checkpoint_candidates(directory: str, name: str) -> list[str]:
     return [prefix for _, prefix in sorted(found, reverse=True)]
 
 
-def restore_first_good(checkpoint: tf.train.Checkpoint, candidates, partial: bool = False) -> str | None:
+def restore_first_good(
+    checkpoint: tf.train.Checkpoint, candidates, partial: bool = False, what: str = "the model built here"
+) -> str:
     """Restores the first readable checkpoint among ``candidates`` (newest first).
+
+    Only a genuinely torn or corrupt file (one whose tensors fail to read, CRC
+    checks included) is skipped, with a warning. A readable checkpoint whose
+    shapes or structure differ from ``checkpoint``'s is another model, not a torn
+    file: that stops the restore with an error, whatever older checkpoints exist.
 
     Args:
       checkpoint: the object graph to restore into.
-      candidates: checkpoint prefixes, newest first.
+      candidates: checkpoint prefixes, newest first (at least one).
       partial: allow the checkpoint to hold more than ``checkpoint`` needs (inference).
+      what: where the model came from, for error messages.
 
     Returns:
-      The restored prefix, or None when ``candidates`` is empty or none is readable.
+      The restored prefix.
+
+    Raises:
+      CheckpointMismatchError: naming the checkpoint, ``what`` and the first mismatch.
+      NoReadableCheckpointError: when no candidate is readable (or there is none).
     """
+    candidates = list(candidates)
     for prefix in candidates:
         try:
             verify_readable(prefix)
+        except Exception as err:  # torn files surface as OpError, IndexError, ValueError, ...
+            logging.warning(
+                "Checkpoint %s is unreadable (%s); falling back to the previous one.", prefix, _first_line(err)
+            )
+            continue
+        try:
             status = checkpoint.restore(prefix)
             if partial:
                 status.expect_partial()
             status.assert_existing_objects_matched()
-        except Exception as err:  # torn files surface as OpError, IndexError, ValueError, AssertionError, ...
-            logging.warning("Checkpoint %s is unreadable (%s); falling back to the previous one.", prefix, err)
-            continue
+        except Exception as err:  # a shape mismatch (ValueError), a missing object (AssertionError), ...
+            raise CheckpointMismatchError(
+                f"Checkpoint {prefix} does not match {what}: {_first_line(err)}. They come from different runs or "
+                "configs; nothing was changed."
+            ) from None
         logging.info("Restored %s", prefix)
         return prefix
-    return None
+    folder = os.path.dirname(candidates[0]) if candidates else "(no checkpoints)"
+    raise NoReadableCheckpointError(
+        f"None of the {len(candidates)} checkpoint(s) in {folder} is readable (torn or corrupt files); nothing was "
+        "changed. Restore the folder from a backup, or train in a new --workdir."
+    )
 
 
 class PreemptionWatcher:

@@ -23,7 +23,7 @@ import os
 
 import ml_collections
 
-from glow_tf import data
+from glow_tf import _validate, data
 from glow_tf.model import COMPUTE_DTYPES, PERMUTATIONS
 
 __all__ = [
@@ -34,6 +34,8 @@ __all__ = [
     "config_from_json",
     "save_config",
     "load_config_json",
+    "resume_differences",
+    "RUN_IDENTITY_FIELDS",
 ]
 
 COUPLINGS = ("affine", "additive")
@@ -122,18 +124,11 @@ def _check_keys(
 
 
 def _int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"config.{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
+    return _validate.integer(value, f"config.{name}", minimum=minimum)
 
 
 def _float(value, name: str, low: float, high: float = math.inf, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"config.{name} must be a finite number, got {value!r}.")
-    if value < low or value > high or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise ValueError(f"config.{name} must lie in {bracket}{low}, {high}], got {value!r}.")
-    return float(value)
+    return _validate.number(value, f"config.{name}", low, high, low_open=low_open)
 
 
 def validate_config(config: ml_collections.ConfigDict, num_replicas: int | None = None) -> None:
@@ -226,6 +221,65 @@ def global_batch_size(config: ml_collections.ConfigDict, num_replicas: int) -> i
     return batch
 
 
+# Fields that define what a run is: the model, the data it learns from and the seed of both. Resuming a
+# run requires them to match its config.json; every other field may change on resume.
+RUN_IDENTITY_FIELDS = ("seed", "model.*", "data.name", "data.image_size", "data.channels", "data.n_bits")
+# Further data fields that select the training images, for the datasets they apply to.
+_DATA_SELECTION_FIELDS = {
+    "data.path": ("folder", "npz"),
+    "data.test_fraction": ("folder", "npz"),
+    "data.lsun_category": ("lsun",),
+    "data.imagenet_builder": ("imagenet32", "imagenet64"),
+}
+
+
+def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _is_identity_field(field: str, dataset: str) -> bool:
+    if field in _DATA_SELECTION_FIELDS:
+        return dataset in _DATA_SELECTION_FIELDS[field]
+    return any(field == f or (f.endswith(".*") and field.startswith(f[:-1])) for f in RUN_IDENTITY_FIELDS)
+
+
+def resume_differences(
+    saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict
+) -> tuple[list[tuple[str, object, object]], list[tuple[str, object, object]]]:
+    """How ``new`` differs from the ``saved`` config of a run it would resume.
+
+    A field of :data:`RUN_IDENTITY_FIELDS` (or one that selects the training images
+    of the dataset, e.g. ``data.path`` for ``folder``) that differs makes the
+    configs incompatible. So does switching EMA on or off (``optim.ema_decay``
+    zero vs. non-zero): the checkpoint either lacks the averages or holds ones
+    that would be dropped. Any other difference is a legitimate change on resume.
+
+    Returns:
+      ``(incompatible, changed)``: lists of ``(field, saved value, new value)``.
+    """
+    old, now = _flat(saved), _flat(new)
+    incompatible, changed = [], []
+    for field in sorted(set(old) | set(now)):
+        a, b = old.get(field), now.get(field)
+        if a == b:
+            continue
+        if field == "optim.ema_decay":
+            breaks_resume = ((a or 0) > 0) != ((b or 0) > 0)
+        else:
+            breaks_resume = _is_identity_field(field, saved.data.name)
+        if breaks_resume:
+            incompatible.append((field, a, b))
+        else:
+            changed.append((field, a, b))
+    return incompatible, changed
+
+
 def config_to_json(config: ml_collections.ConfigDict) -> str:
     """The resolved config as indented, key-sorted JSON."""
     return json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True)
@@ -263,10 +317,15 @@ def load_config_json(workdir: str) -> ml_collections.ConfigDict:
 
     Raises:
       FileNotFoundError: when the workdir or its config.json does not exist.
+      ValueError: when config.json is not a valid config (the message names the file).
     """
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         what = "workdir" if not os.path.isdir(workdir) else "config.json"
         raise FileNotFoundError(f"No {what} at {path!r}: pass the --workdir of a training run.")
     with open(path, encoding="utf-8") as f:
-        return config_from_json(f.read())
+        text = f.read()
+    try:
+        return config_from_json(text)
+    except ValueError as err:  # json.JSONDecodeError included
+        raise ValueError(f"{path} is not a valid glow_tf config: {err}") from None

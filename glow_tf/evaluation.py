@@ -7,7 +7,6 @@ replica)``, so the same checkpoint gives the same test bits/dim every time.
 from __future__ import annotations
 
 import contextlib
-import math
 
 import ml_collections
 import numpy as np
@@ -62,10 +61,9 @@ class Evaluator:
     def _weights(self):
         return self.ema.averaged() if self.ema is not None else contextlib.nullcontext()
 
-    def _dataset(self, max_batches: int) -> tf.distribute.DistributedDataset:
+    def _dataset(self, max_examples: int) -> tf.distribute.DistributedDataset:
         def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-            ds = data.make_eval_dataset(self.config.data, self.per_replica_batch, "test", input_context=ctx)
-            return ds.take(max_batches) if max_batches > 0 else ds
+            return data.make_eval_dataset(self.config.data, self.per_replica_batch, "test", ctx, max_examples)
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -85,14 +83,15 @@ class Evaluator:
     def bits_per_dim(self, max_examples: int = 0) -> tuple[float, int]:
         """Mean test bits/dim over the first ``max_examples`` test images (0 = the whole split).
 
+        Exactly ``min(max_examples, split size)`` images are scored, whatever the
+        number of replicas.
+
         Returns:
           ``(bits_per_dim, number of images)``.
         """
-        global_batch = self.per_replica_batch * self.strategy.num_replicas_in_sync
-        max_batches = math.ceil(max_examples / global_batch) if max_examples > 0 else 0
         total, count = 0.0, 0.0
         with self._weights():
-            for index, batch in enumerate(self._dataset(max_batches)):
+            for index, batch in enumerate(self._dataset(max_examples)):
                 t, n = self._eval_step(batch, tf.constant(index, tf.int64))
                 total, count = total + float(t), count + float(n)
         if count == 0:

@@ -39,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -124,7 +125,16 @@ def _make_functions(model: Glow, n_bits: int) -> dict[str, Callable]:
     half_bin = 0.5 / quantization.num_bins(n_bits)
 
     def function(fn: Callable, *specs: tf.TensorSpec) -> Callable:
-        return tf.function(fn, input_signature=[*specs, *label_specs])
+        specs = [*specs, *label_specs]
+
+        @functools.wraps(fn)
+        def checked(*args):
+            # A signature call does not check shapes: a wrong one would fail deep inside the graph (or crash
+            # a CPU kernel). EnsureShape fails first with "Shape of tensor images [...] is not compatible
+            # with expected shape [?,H,W,C]".
+            return fn(*(tf.ensure_shape(a, s.shape, name=f"check_{s.name}") for a, s in zip(args, specs)))
+
+        return tf.function(checked, input_signature=specs)
 
     def labels_of(labels: tuple, batch: tf.Tensor) -> tf.Tensor | None:
         return _check_labels(labels[0], batch, model.num_classes) if conditional else None

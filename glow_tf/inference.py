@@ -7,13 +7,11 @@ import os
 import ml_collections
 import tensorflow as tf
 
-from glow_tf import checkpointing, config_lib, data, optim, parallelism
+from glow_tf import checkpointing, config_lib, data, optim, parallelism, workdirs
 from glow_tf.model import Glow
+from glow_tf.workdirs import CHECKPOINT_KINDS
 
 __all__ = ["build_model", "restore_for_inference", "CHECKPOINT_KINDS"]
-
-# kind -> (folder under the workdir, checkpoint name)
-CHECKPOINT_KINDS = {"latest": ("checkpoints", "ckpt"), "best": ("best", "best")}
 
 
 def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo | None = None) -> Glow:
@@ -65,7 +63,7 @@ def restore_for_inference(
     """The trained model of a run, ready to sample, encode or export.
 
     Reads ``workdir/config.json``, builds the model and restores the newest
-    readable checkpoint of the chosen kind (a corrupt newest one falls back to the
+    readable checkpoint of the chosen kind (a torn newest one falls back to the
     previous with a warning). When the run kept EMA weights they replace the raw
     weights in the returned model.
 
@@ -79,18 +77,20 @@ def restore_for_inference(
       ``(model, config)``, or ``(model, config, info)`` with ``with_info``.
 
     Raises:
-      ValueError: for an unknown ``checkpoint`` kind.
-      FileNotFoundError: when the workdir, its config.json or a readable checkpoint is missing.
+      ValueError: for an unknown ``checkpoint`` kind, or a config.json that is not a valid config.
+      FileNotFoundError: when the workdir, its config.json or a checkpoint of the kind is missing.
+      checkpointing.CheckpointMismatchError: the checkpoint holds another model than config.json describes.
+      checkpointing.NoReadableCheckpointError: every checkpoint of the kind is torn.
     """
     if checkpoint not in CHECKPOINT_KINDS:
         raise ValueError(f"checkpoint must be one of {tuple(CHECKPOINT_KINDS)}, got {checkpoint!r}.")
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"Workdir {workdir!r} does not exist.")
     config = config_lib.load_config_json(workdir)
-    folder, name = CHECKPOINT_KINDS[checkpoint]
-    candidates = checkpointing.checkpoint_candidates(os.path.join(workdir, folder), name)
+    candidates = workdirs.checkpoint_prefixes(workdir, checkpoint)
     if not candidates:
-        raise FileNotFoundError(f"No {checkpoint!r} checkpoint in {os.path.join(workdir, folder)!r}.")
+        folder = os.path.join(workdir, CHECKPOINT_KINDS[checkpoint][0])
+        raise FileNotFoundError(f"No {checkpoint!r} checkpoint in {folder!r}.")
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model(config)
@@ -103,9 +103,8 @@ def restore_for_inference(
     parts = dict(model=model, step=step)
     if ema is not None:
         parts["ema"] = ema
-    path = checkpointing.restore_first_good(tf.train.Checkpoint(**parts), candidates, partial=True)
-    if path is None:
-        raise FileNotFoundError(f"No readable {checkpoint!r} checkpoint among {candidates}.")
+    what = f"the model that {os.path.join(workdir, workdirs.CONFIG_FILE)} describes"
+    path = checkpointing.restore_first_good(tf.train.Checkpoint(**parts), candidates, partial=True, what=what)
     if not model.initialized:
         raise ValueError(f"Checkpoint {path!r} holds an uninitialised model.")
     if ema is not None:

@@ -21,8 +21,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from glow_tf import export, summaries, train_lib
+from glow_tf import _validate, export, summaries, train_lib
+from glow_tf.data import transforms
 from glow_tf.model import Glow
 
 __all__ = [
@@ -39,17 +41,7 @@ __all__ = [
 
 def check_temperature(temperature) -> float:
     """Returns ``temperature`` as a float, or raises ``ValueError`` unless it is a finite number >= 0."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)):
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}.")
-    if not math.isfinite(float(temperature)) or temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 gives the chain of means), got {temperature!r}.")
-    return float(temperature)
-
-
-def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}.")
-    return int(value)
+    return _validate.number(temperature, "temperature", 0.0)
 
 
 class InferenceModel:
@@ -162,7 +154,7 @@ class InferenceModel:
           ValueError: negative temperature, ``num_samples`` < 1, or labels that do not fit the model.
         """
         temperature = check_temperature(temperature)
-        n = _positive_int(num_samples, "num_samples")
+        n = _validate.integer(num_samples, "num_samples", minimum=0)
         extra = self._labels(labels, n, "sample")
         args = [tf.constant(n, tf.int32), tf.constant(temperature, tf.float32)]
         if seed is None:
@@ -298,8 +290,7 @@ def interpolate(model: InferenceModel, image_a, image_b, steps: int = 8, labels=
     Raises:
       ValueError: ``steps`` < 2, or images/labels that do not fit the model.
     """
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
-        raise ValueError(f"steps must be an integer >= 2, got {steps!r}.")
+    _validate.integer(steps, "steps", minimum=2)
     pair = np.concatenate([_single_image(model, image_a, "interpolate"), _single_image(model, image_b, "interpolate")])
     pair_labels = None if labels is None else np.asarray(labels).reshape(-1)
     flat = model.flatten_latents(model.encode(pair, pair_labels))
@@ -340,8 +331,10 @@ def manipulate(model: InferenceModel, image, direction, alphas: Sequence[float],
 def load_image(path: str, image_shape: Sequence[int], resize: bool = False) -> np.ndarray:
     """Reads a PNG/JPEG/BMP/GIF file as uint8 ``[H, W, C]`` for a model of ``image_shape``.
 
-    Channels are converted to the model's (gray <-> RGB). With ``resize`` the
-    largest central square is cropped and resized (area) to the model's size.
+    An image whose channels differ from the model's is converted (gray <-> RGB as
+    :func:`glow_tf.data.transforms.convert_channels`; alpha is dropped) with a
+    logged note naming the file. With ``resize`` the largest central square is
+    cropped and resized (area) to the model's size.
 
     Raises:
       FileNotFoundError: no such file.
@@ -350,7 +343,18 @@ def load_image(path: str, image_shape: Sequence[int], resize: bool = False) -> n
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"No image file {path!r}.")
     height, width, channels = (int(d) for d in image_shape)
-    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    have = int(image.shape[-1])
+    if have != channels:
+        kinds = {1: "grayscale", 2: "grayscale+alpha", 3: "RGB", 4: "RGBA"}
+        logging.warning(
+            "%s: converting a %s image to %s for this %d-channel model.",
+            path,
+            kinds.get(have, f"{have}-channel"),
+            kinds[channels],
+            channels,
+        )
+        image = transforms.convert_channels(image[..., :1] if have == 2 else image, channels)
     if tuple(image.shape[:2]) != (height, width):
         if not resize:
             raise ValueError(

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from glow_tf import metrics, nn
+from glow_tf import _validate, metrics, nn
 from glow_tf.bijectors import (
     COUPLING_KINDS,
     ActNorm,
@@ -84,12 +84,6 @@ def _slice_batch(structure, start: tf.Tensor, stop: tf.Tensor):
     return tf.nest.map_structure(lambda t: None if t is None else t[start:stop], structure)
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
-
-
 class Glow(tf.Module):
     """Glow as a ``tfp.bijectors.Bijector`` (latent -> image) and a ``TransformedDistribution``.
 
@@ -160,19 +154,17 @@ class Glow(tf.Module):
         super().__init__(name=name)
         if len(image_shape) != 3:
             raise ValueError(f"image_shape must be [height, width, channels], got {list(image_shape)!r}.")
-        self.image_shape = tuple(_positive_int(d, "every entry of image_shape") for d in image_shape)
-        self.num_levels = _positive_int(num_levels, "num_levels")
-        self.num_steps = _positive_int(num_steps, "num_steps")
-        self.hidden_width = _positive_int(hidden_width, "hidden_width")
+        self.image_shape = tuple(_validate.positive_int(d, "every entry of image_shape") for d in image_shape)
+        self.num_levels = _validate.positive_int(num_levels, "num_levels")
+        self.num_steps = _validate.positive_int(num_steps, "num_steps")
+        self.hidden_width = _validate.positive_int(hidden_width, "hidden_width")
         self.n_bits = validate_n_bits(n_bits)
         if coupling not in COUPLING_KINDS:
             raise ValueError(f"Unknown coupling {coupling!r}; valid couplings are {COUPLING_KINDS}.")
         if permutation not in PERMUTATIONS:
             raise ValueError(f"Unknown permutation {permutation!r}; valid permutations are {PERMUTATIONS}.")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}.")
-        if weight_y < 0:
-            raise ValueError(f"weight_y must be >= 0, got {weight_y!r}.")
+        num_classes = _validate.integer(num_classes, "num_classes", minimum=0)
+        weight_y = _validate.number(weight_y, "weight_y", 0.0)
         height, width, _ = self.image_shape
         scale = 2**self.num_levels
         if height % scale or width % scale:
@@ -280,7 +272,7 @@ class Glow(tf.Module):
 
     @batch_shards.setter
     def batch_shards(self, value: int) -> None:
-        self._batch_shards = _positive_int(value, "batch_shards")
+        self._batch_shards = _validate.positive_int(value, "batch_shards")
 
     @property
     def actnorms(self) -> list[nn.ActNormModule]:
@@ -333,9 +325,30 @@ class Glow(tf.Module):
         ``fn`` must compute each example independently. Slice ``i`` owns examples
         ``[B i / n, B (i + 1) / n)``; a slice that would be empty (``B < n``)
         computes one neighbouring example instead and keeps none of its outputs,
-        as some CPU kernels mishandle empty batches. The data-dependent init needs
-        statistics over the whole batch, so it is never sharded.
+        as some CPU kernels mishandle empty batches. For the same reason a batch
+        that may be empty (its size unknown when traced, or 0) runs with one zero
+        example appended whose outputs are dropped, so ``B = 0`` gives empty outputs.
+        The data-dependent init needs statistics over the whole batch, so it is
+        never sharded.
         """
+        first_arg = tf.nest.flatten(args)[0]
+        if first_arg.shape[0] is not None and first_arg.shape[0] > 0:
+            return self._map_nonempty_shards(fn, args)
+        batch = tf.shape(first_arg)[0]
+        missing = tf.maximum(1 - batch, 0)
+
+        def pad(t):
+            if t is None:
+                return None
+            padded = tf.concat([t, tf.zeros(tf.concat([[missing], tf.shape(t)[1:]], 0), t.dtype)], 0)
+            padded.set_shape(tf.TensorShape([None]).concatenate(t.shape[1:]))
+            return padded
+
+        out = self._map_nonempty_shards(fn, tf.nest.map_structure(pad, args))
+        return tf.nest.map_structure(lambda t: t[:batch], out)
+
+    def _map_nonempty_shards(self, fn, args):
+        """:meth:`_map_shards` for a batch of at least one example."""
         shards = self.batch_shards
         if shards == 1 or nn.in_data_dependent_init():
             return fn(*args)

@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from glow_tf import _validate
+
 __all__ = [
     "ActNormModule",
     "Conv2D",
@@ -332,8 +334,7 @@ class CouplingNetwork(tf.Module):
         name: str | None = None,
     ):
         super().__init__(name=name)
-        if hidden_width < 1:
-            raise ValueError(f"hidden_width must be a positive integer, got {hidden_width!r}.")
+        hidden_width = _validate.positive_int(hidden_width, "hidden_width")
         self.dtype = tf.as_dtype(dtype)
         self.compute_dtype = tf.as_dtype(compute_dtype or dtype)
         rng = _rng(seed)

@@ -23,6 +23,8 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from glow_tf import _validate
+
 __all__ = ["available_cores", "has_accelerator", "configure_cpu_threads", "auto_batch_shards"]
 
 
@@ -55,9 +57,7 @@ def configure_cpu_threads(cores: int | None = None) -> int:
     Raises:
       ValueError: for ``cores < 1``.
     """
-    cores = available_cores() if cores is None else cores
-    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-        raise ValueError(f"cores must be a positive integer, got {cores!r}.")
+    cores = available_cores() if cores is None else _validate.positive_int(cores, "cores")
     if has_accelerator() or cores == 1:
         return 1
     try:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from glow_tf import _validate
+
 __all__ = ["num_bins", "validate_n_bits", "preprocess", "dequantize", "postprocess"]
 
 
 def validate_n_bits(n_bits: int) -> int:
     """Returns ``n_bits`` as an int, or raises ``ValueError`` unless 1 <= n_bits <= 8."""
-    if isinstance(n_bits, bool) or not isinstance(n_bits, int) or not 1 <= n_bits <= 8:
-        raise ValueError(f"n_bits must be an integer in 1..8, got {n_bits!r}.")
-    return int(n_bits)
+    return _validate.integer(n_bits, "n_bits", minimum=1, maximum=8)
 
 
 def num_bins(n_bits: int) -> int:

@@ -19,13 +19,14 @@ along with model, optimizer and EMA, and a resumed run repeats the uninterrupted
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import ml_collections
 import tensorflow as tf
 from absl import logging
 
-from glow_tf import checkpointing, config_lib, data, distribute, optim, summaries
+from glow_tf import checkpointing, config_lib, data, distribute, optim, summaries, workdirs
 from glow_tf.evaluation import Evaluator
 from glow_tf.inference import build_model, restore_for_inference
 from glow_tf.model import Glow
@@ -112,24 +113,50 @@ class Trainer:
     bare step: ``trainer.initialize(); batches = iter(trainer.make_dataset())`` and call
     ``trainer.train_step(next(batches))`` (one trace for every batch).
 
+    A workdir that holds a run is resumed only by a config that agrees with its
+    ``config.json`` on the model, the data and the seed (see :mod:`glow_tf.workdirs`);
+    fields that may change on resume are logged as "changed on resume". Nothing
+    is written to the workdir until the config, the workdir and the checkpoint
+    have all been checked and the data opened.
+
     Args:
       config: a training config (validated here, before anything is built).
       workdir: the run's folder (checkpoints, event files, samples, config.json).
       strategy: a ``tf.distribute`` strategy; default :func:`glow_tf.distribute.make_strategy`.
+      start_over: move a run already in ``workdir`` aside (``<workdir>.old-<time>``,
+        never deleted) and start a new one there.
 
     Raises:
       ValueError: for an invalid config (unknown key, batch not divisible by the
         replicas, image size not divisible by ``2**num_levels``, ...).
+      workdirs.IncompatibleRunError: the workdir holds a run of another model, data or seed.
+      checkpointing.CheckpointError: its checkpoints do not fit the model, or none is readable.
+      NotADirectoryError: ``workdir`` is an existing file.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, strategy: tf.distribute.Strategy | None = None):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        strategy: tf.distribute.Strategy | None = None,
+        start_over: bool = False,
+    ):
         config_lib.validate_config(config)
+        workdirs.check_workdir(workdir)
         self.strategy = strategy or distribute.make_strategy()
         self.global_batch = config_lib.global_batch_size(config, self.strategy.num_replicas_in_sync)
         self.config = config
         self.workdir = workdir
-        self.info = data.dataset_info(config.data)
         self.is_chief = distribute.is_chief(self.strategy)
+        self.moved_aside = None
+        if start_over:
+            if self.is_chief and os.path.isdir(workdir) and os.listdir(workdir):
+                self.moved_aside = workdirs.move_aside(workdir)
+        else:
+            changes = workdirs.check_resume(config, workdir)
+            if changes:
+                logging.info("Changed on resume: %s", "; ".join(changes))
+        self.info = data.dataset_info(config.data)
         self.num_workers = distribute.num_workers(self.strategy)
         self.conditional = bool(config.model.class_conditional)
         with self.strategy.scope():
@@ -150,10 +177,18 @@ class Trainer:
             is_chief=self.is_chief,
             worker_index=distribute.worker_index(self.strategy),
         )
-        self.restored_from = self.checkpoints.restore_latest()
-        self.writers = summaries.RunWriters(workdir, enabled=self.is_chief)
+        self.restored_from = None
+        if not start_over:
+            what = f"the model this config describes (the run's config.json: {os.path.join(workdir, 'config.json')})"
+            self.restored_from = self.checkpoints.restore_latest(what)
+            if self.restored_from is None and workdirs.holds_run(workdir):
+                raise checkpointing.CheckpointError(
+                    f"{workdir} holds best/ checkpoints but no checkpoints/ckpt-N to resume from; nothing was "
+                    "changed. Train in a new --workdir, or pass --start_over to move this run aside."
+                )
         self.evaluator = Evaluator(self.model, config, self.strategy, ema=self.ema)
         spec = self.make_dataset(0).element_spec
+        self.writers = summaries.RunWriters(workdir, enabled=self.is_chief)  # the first files written
         # One trace for every batch (fixed signature); autograph off: the step has no tensor-dependent
         # Python control flow (the skip is an explicit tf.cond), and tracing is much faster without it.
         self.train_step = tf.function(self._train_step, input_signature=[spec], autograph=False)
@@ -300,6 +335,8 @@ class Trainer:
         t = self.config.train
         target = t.num_steps if num_steps is None else int(num_steps)
         self._train_started = time.perf_counter()
+        if self.is_chief:  # before the first checkpoint: a checkpoint never exists without its config
+            config_lib.save_config(self.config, self.workdir)
         if self.initialize():
             self.save()
         step = int(self.step.numpy())
@@ -307,7 +344,6 @@ class Trainer:
             logging.info("The run in %s is already at step %d >= %d: nothing to train.", self.workdir, step, target)
             return TrainResult(step)
         if self.is_chief:
-            config_lib.save_config(self.config, self.workdir)
             self.writers.text("config", "```\n" + config_lib.config_to_json(self.config) + "\n```", step)
         logging.info(
             "Training %s from step %d to %d, global batch %d (%s; %d batch shard(s) per replica, %s networks).",

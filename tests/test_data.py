@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from glow_tf import data, metrics, quantization
-from glow_tf.data import local, pipeline, sources, transforms
+from glow_tf.data import local, pipeline, sources, tfds_sources, transforms
 
 MOCK_EXAMPLES = 6
 SHARED_NPZ = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist_t10k.npz")
@@ -478,6 +478,7 @@ def test_failed_download_is_explained(monkeypatch, tmp_path):
         raise ConnectionError("Failed to resolve 'storage.googleapis.com'")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
+    monkeypatch.setattr(tfds_sources, "check_download_hosts", lambda *args, **kwargs: None)  # the host answers
     cfg = make_cfg(name="cifar10", image_size=32, channels=3, data_dir=str(tmp_path))
     with pytest.raises(data.DatasetUnavailableError) as caught:
         data.make_train_dataset(cfg, 8, seed=0)

@@ -90,8 +90,9 @@ def test_negative_or_invalid_temperature_is_a_value_error(models):
             models.live.sample(2, bad)
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         latent_tools.sample_grids(models.live, [0.5, -1.0])
-    with pytest.raises(ValueError, match="num_samples"):
-        models.live.sample(0, 0.5)
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 0"):
+        models.live.sample(-1, 0.5)
+    assert models.live.sample(0, 0.5).shape == (0, *models.live.image_shape)  # an empty batch, not an error
 
 
 def test_encode_rejects_wrong_images_clearly(models):

@@ -30,7 +30,7 @@ class ActNorm(GlowBijector):
     ):
         parameters = dict(locals())
         name = name or "actnorm"
-        validate_channels(channels, name)
+        channels = validate_channels(channels, name)
         self.module = nn.ActNormModule(channels, dtype=dtype, name="actnorm")
         super().__init__(
             forward_min_event_ndims=1,

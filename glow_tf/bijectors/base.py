@@ -5,6 +5,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from glow_tf import _validate
+
 tfb = tfp.bijectors
 
 __all__ = ["GlowBijector", "apply_to_images", "sum_over_image", "num_positions", "validate_channels"]
@@ -33,8 +35,7 @@ def num_positions(x: tf.Tensor) -> tf.Tensor:
 
 def validate_channels(channels: int, name: str, minimum: int = 1, even: bool = False) -> int:
     """Returns ``channels`` or raises ``ValueError`` naming the layer and the bad value."""
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < minimum:
-        raise ValueError(f"{name}: channels must be an integer >= {minimum}, got {channels!r}.")
+    channels = _validate.integer(channels, f"{name}: channels", minimum=minimum)
     if even and channels % 2:
         raise ValueError(f"{name}: channels must be even to split into two halves, got {channels}.")
     return channels

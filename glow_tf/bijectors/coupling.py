@@ -24,7 +24,7 @@ class _Coupling(GlowBijector):
     def __init__(
         self, channels, hidden_width, network_channels, seed, dtype, compute_dtype, validate_args, parameters, name
     ):
-        validate_channels(channels, name, minimum=2)
+        channels = validate_channels(channels, name, minimum=2)
         self.channels = channels
         self.split_channels = channels // 2
         out_channels = network_channels(channels - self.split_channels)

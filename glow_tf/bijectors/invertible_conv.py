@@ -38,7 +38,7 @@ class _Conv1x1(GlowBijector):
     """Shared maths: ``inverse(x) = x W``, ``forward(z) = z W^-1``, ildj = log|det W| per position."""
 
     def __init__(self, channels, dtype, validate_args, parameters, name):
-        validate_channels(channels, name)
+        channels = validate_channels(channels, name)
         self.channels = channels
         super().__init__(
             forward_min_event_ndims=1,
@@ -137,7 +137,7 @@ class LUInvertibleConv1x1(_Conv1x1):
         name: str | None = None,
     ):
         parameters = dict(locals())
-        validate_channels(channels, name or "lu_invertible_conv1x1")
+        channels = validate_channels(channels, name or "lu_invertible_conv1x1")
         w0 = tf.constant(random_rotation(channels, seed), tf.float64)
         lu, perm = tf.linalg.lu(w0)  # w0[perm] = L @ U
         lower = tf.linalg.band_part(lu, -1, 0) - tf.linalg.diag(tf.linalg.diag_part(lu))

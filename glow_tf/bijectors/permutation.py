@@ -37,7 +37,7 @@ class ChannelPermutation(GlowBijector):
     ):
         parameters = dict(locals())
         name = name or f"{kind}_permutation"
-        validate_channels(channels, name)
+        channels = validate_channels(channels, name)
         if kind == "reverse":
             perm = np.arange(channels)[::-1]
         elif kind == "shuffle":

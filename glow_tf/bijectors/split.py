@@ -41,7 +41,7 @@ class SplitPrior(GlowBijector):
     ):
         parameters = dict(locals())
         name = name or "split_prior"
-        validate_channels(channels, name, minimum=2)
+        channels = validate_channels(channels, name, minimum=2)
         self.channels = channels
         self.split_channels = channels // 2
         self.network = nn.Conv2DZeros(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from glow_tf import _validate
 from glow_tf.bijectors.base import GlowBijector
 
 __all__ = ["Squeeze", "squeeze2d", "unsqueeze2d", "squeezed_shape"]
@@ -24,16 +25,22 @@ def squeeze2d(x: tf.Tensor, factor: int = 2) -> tf.Tensor:
 
     The original's ``reshape [B, H/f, f, W/f, f, C] -> transpose [0, 1, 3, 5, 2, 4]``.
     """
-    h, w, c = (int(d) for d in x.shape[-3:])
+    h, w, c = squeezed_shape(x.shape[-3:], factor)
+    c //= factor * factor
     batch = tf.shape(x)[:-3]
-    t = tf.reshape(x, [-1, h // factor, factor, w // factor, factor, c])
+    t = tf.reshape(x, [-1, h, factor, w, factor, c])
     t = tf.transpose(t, [0, 1, 3, 5, 2, 4])
-    return tf.reshape(t, tf.concat([batch, [h // factor, w // factor, c * factor * factor]], 0))
+    return tf.reshape(t, tf.concat([batch, [h, w, c * factor * factor]], 0))
 
 
 def unsqueeze2d(x: tf.Tensor, factor: int = 2) -> tf.Tensor:
     """The exact inverse of :func:`squeeze2d`."""
     h, w, c = (int(d) for d in x.shape[-3:])
+    if c % (factor * factor):
+        raise ValueError(
+            f"Cannot unsqueeze channels {c} by {factor}: they must be divisible by {factor * factor} "
+            f"(shape {x.shape.as_list()})."
+        )
     channels = c // (factor * factor)
     batch = tf.shape(x)[:-3]
     t = tf.reshape(x, [-1, h, w, channels, factor, factor])
@@ -53,9 +60,7 @@ class Squeeze(GlowBijector):
 
     def __init__(self, factor: int = 2, validate_args: bool = False, name: str | None = None):
         parameters = dict(locals())
-        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-            raise ValueError(f"Squeeze factor must be a positive integer, got {factor!r}.")
-        self.factor = factor
+        self.factor = _validate.positive_int(factor, "Squeeze factor")
         super().__init__(
             forward_min_event_ndims=3,
             is_constant_jacobian=True,
@@ -82,6 +87,11 @@ class Squeeze(GlowBijector):
     def _forward_event_shape(self, input_shape):
         h, w, c = input_shape[-3:]
         f = self.factor
+        if c is not None and c % (f * f):
+            raise ValueError(
+                f"Squeeze: the latent's channels must be divisible by {f * f} to unsqueeze, "
+                f"got event shape {input_shape}."
+            )
         out = [None if h is None else h * f, None if w is None else w * f, None if c is None else c // (f * f)]
         return input_shape[:-3].concatenate(out)
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from glow_tf import nn
+from glow_tf import _validate, nn
 from glow_tf.bijectors.base import GlowBijector, sum_over_image, validate_channels
 
 __all__ = ["TopPrior"]
@@ -42,8 +42,7 @@ class TopPrior(GlowBijector):
         name = name or "top_prior"
         h, w, c = (int(d) for d in event_shape)
         validate_channels(c, name)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"{name}: num_classes must be an integer >= 0, got {num_classes!r}.")
+        num_classes = _validate.integer(num_classes, f"{name}: num_classes", minimum=0)
         self.event_shape_ = [h, w, c]
         self.learn_top = bool(learn_top)
         self.num_classes = num_classes

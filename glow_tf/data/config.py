@@ -12,7 +12,7 @@ import os
 
 import ml_collections
 
-from glow_tf import quantization
+from glow_tf import _validate, quantization
 
 __all__ = [
     "CELEBA_ATTRIBUTES",
@@ -137,12 +137,6 @@ def _field(cfg, key: str):
     return getattr(cfg, key, _DEFAULTS[key])
 
 
-def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}.")
-    return int(value)
-
-
 def check_image_size(image_size: int, num_levels: int) -> None:
     """Checks that the multi-scale model can squeeze ``image_size`` ``num_levels`` times.
 
@@ -153,20 +147,14 @@ def check_image_size(image_size: int, num_levels: int) -> None:
     Raises:
       ValueError: naming both values unless ``image_size % 2**num_levels == 0``.
     """
-    _positive_int(image_size, "image_size")
-    _positive_int(num_levels, "num_levels")
+    _validate.positive_int(image_size, "image_size")
+    _validate.positive_int(num_levels, "num_levels")
     if image_size % 2**num_levels:
         raise ValueError(
             f"image_size={image_size} is not divisible by 2**num_levels = {2**num_levels} "
             f"(num_levels={num_levels}): each level squeezes H and W by 2. Use an image_size that is a "
             f"multiple of {2**num_levels} or fewer levels."
         )
-
-
-def _choice(value, valid: tuple[str, ...], what: str) -> str:
-    if value not in valid:
-        raise ValueError(f"Unknown {what} {value!r}; valid: {', '.join(valid)}.")
-    return value
 
 
 def resolve(cfg) -> DataSpec:
@@ -182,9 +170,9 @@ def resolve(cfg) -> DataSpec:
     Raises:
       ValueError: naming the bad field, its value and what is valid.
     """
-    name = _choice(_field(cfg, "name"), DATASETS, "dataset name")
+    name = _validate.choice(_field(cfg, "name"), DATASETS, "dataset name")
     channels = _field(cfg, "channels")
-    if channels not in (1, 3) or isinstance(channels, bool):
+    if isinstance(channels, bool) or channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}.")
     test_fraction = float(_field(cfg, "test_fraction"))
     if not 0.0 <= test_fraction < 1.0:
@@ -199,7 +187,7 @@ def resolve(cfg) -> DataSpec:
     data_dir = _field(cfg, "data_dir") or None
     return DataSpec(
         name=name,
-        image_size=_positive_int(_field(cfg, "image_size"), "image_size"),
+        image_size=_validate.positive_int(_field(cfg, "image_size"), "image_size"),
         channels=int(channels),
         n_bits=quantization.validate_n_bits(_field(cfg, "n_bits")),
         data_dir=os.path.expanduser(data_dir) if data_dir else None,
@@ -207,10 +195,10 @@ def resolve(cfg) -> DataSpec:
         test_fraction=test_fraction,
         random_shift=random_shift,
         random_flip=bool(_field(cfg, "random_flip")),
-        lsun_category=_choice(_field(cfg, "lsun_category"), LSUN_CATEGORIES, "lsun_category")
+        lsun_category=_validate.choice(_field(cfg, "lsun_category"), LSUN_CATEGORIES, "lsun_category")
         if name == "lsun"
         else str(_field(cfg, "lsun_category")),
-        imagenet_builder=_choice(_field(cfg, "imagenet_builder"), IMAGENET_BUILDERS, "imagenet_builder")
+        imagenet_builder=_validate.choice(_field(cfg, "imagenet_builder"), IMAGENET_BUILDERS, "imagenet_builder")
         if name.startswith("imagenet")
         else str(_field(cfg, "imagenet_builder")),
         cache=bool(_field(cfg, "cache")),

@@ -35,6 +35,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from glow_tf import _validate
 from glow_tf.data import local, tfds_sources, transforms
 from glow_tf.data.config import DataSpec, check_split, resolve
 from glow_tf.data.sources import ArraySource, FileSource, StreamSource, deterministic, materialize
@@ -79,12 +80,6 @@ def _key(*values: int) -> int:
     return int(np.random.SeedSequence(list(values)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _check_int(value, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 def load_split(cfg, split: str, with_attributes: bool = False) -> tf.data.Dataset:
     """One split, unbatched, in a fixed order, without augmentation.
 
@@ -106,17 +101,34 @@ def load_split(cfg, split: str, with_attributes: bool = False) -> tf.data.Datase
 
 
 def make_eval_dataset(
-    cfg, batch_size: int, split: str = "test", input_context: tf.distribute.InputContext | None = None
+    cfg,
+    batch_size: int,
+    split: str = "test",
+    input_context: tf.distribute.InputContext | None = None,
+    max_examples: int = 0,
 ) -> tf.data.Dataset:
     """One pass over a split in batches (the last batch may be smaller), sharded per input pipeline.
+
+    Args:
+      cfg: the ``config.data`` section.
+      batch_size: examples per batch (per replica under a strategy).
+      split: 'train' or 'test'.
+      input_context: from ``distribute_datasets_from_function``; pipeline ``p`` of
+        ``P`` takes the examples ``p, p + P, ...`` of the split.
+      max_examples: > 0 keeps only the first ``max_examples`` examples of the split
+        (over all pipelines together, whatever number of replicas each one feeds).
 
     Returns:
       Elements ``(images uint8 [b, S, S, C], labels int32 [b])`` with ``b <= batch_size``.
     """
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    batch_size = _validate.positive_int(batch_size, "batch_size")
+    max_examples = _validate.integer(max_examples, "max_examples", minimum=0)
     spec = resolve(cfg)
-    source = open_source(spec, check_split(split)).shard(*_pipeline(input_context))
-    return deterministic(source.dataset().batch(batch_size)).prefetch(AUTOTUNE)
+    num, index = _pipeline(input_context)
+    ds = open_source(spec, check_split(split)).shard(num, index).dataset()
+    if max_examples:
+        ds = ds.take(len(range(index, max_examples, num)))  # this pipeline's share of the first max_examples
+    return deterministic(ds.batch(batch_size)).prefetch(AUTOTUNE)
 
 
 @functools.lru_cache(maxsize=2)
@@ -233,9 +245,9 @@ def make_train_dataset(
       DatasetUnavailableError: TFDS cannot provide the data here.
     """
     spec = resolve(cfg)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    seed = _check_int(seed, "seed", 0)
-    start_step = _check_int(start_step, "start_step", 0)
+    batch_size = _validate.positive_int(batch_size, "batch_size")
+    seed = _validate.integer(seed, "seed", minimum=0)
+    start_step = _validate.integer(start_step, "start_step", minimum=0)
     num, index = _pipeline(input_context)
     source = _cached_train_source(spec, num, index)
     if batch_size > source.num_examples:

@@ -25,6 +25,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -33,11 +36,19 @@ from glow_tf.data import transforms
 from glow_tf.data.config import CELEBA_ATTRIBUTES, DatasetUnavailableError, DataSpec
 from glow_tf.data.sources import StreamSource
 
-__all__ = ["TfdsSpec", "check_native_size", "default_data_dir", "tfds_source", "tfds_spec"]
+__all__ = [
+    "TfdsSpec",
+    "check_download_hosts",
+    "check_native_size",
+    "default_data_dir",
+    "tfds_source",
+    "tfds_spec",
+]
 
 _log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
 CELEBA_CROP = 148
+DOWNLOAD_PROBE_TIMEOUT = 5.0  # seconds per download host before "no network" is declared
 
 
 def _pad_mnist(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -192,12 +203,61 @@ def unavailable_message(spec: DataSpec, tspec: TfdsSpec, error: BaseException) -
     )
 
 
+class HostUnreachableError(OSError):
+    """A download host that does not answer (no DNS entry, no route, or a connection timeout)."""
+
+
+def _hosts_to_download(builder, manual_dir: str) -> list[tuple[str, int]]:
+    """``(host, port)`` of every file the builder would download that is not already in ``manual_dir``."""
+    hosts = set()
+    for url, info in (builder.url_infos or {}).items():
+        filename = getattr(info, "filename", None) or os.path.basename(urllib.parse.urlparse(url).path)
+        if filename and os.path.exists(os.path.join(manual_dir, filename)):
+            continue  # TFDS takes a file placed in the manual folder instead of downloading it
+        parsed = urllib.parse.urlparse(url)
+        if parsed.hostname:
+            hosts.add((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)))
+    return sorted(hosts)
+
+
+def check_download_hosts(builder, manual_dir: str, timeout: float = DOWNLOAD_PROBE_TIMEOUT) -> None:
+    """Fails within ``timeout`` seconds per host when a file to download cannot be reached.
+
+    TFDS retries an unreachable host with back-off for minutes before giving up;
+    one TCP connection attempt per host (to the proxy, when one is configured)
+    answers the same question in seconds.
+
+    Raises:
+      HostUnreachableError: naming the host and the reason.
+    """
+    proxies = urllib.request.getproxies()
+    for host, port in _hosts_to_download(builder, manual_dir):
+        proxy = proxies.get("https" if port == 443 else "http")
+        target = host
+        if proxy and not urllib.request.proxy_bypass(host):
+            parsed = urllib.parse.urlparse(proxy)
+            target, port = parsed.hostname or host, parsed.port or port
+        try:
+            socket.create_connection((target, port), timeout=timeout).close()
+        except OSError as err:
+            via = f" through the proxy {target}:{port}" if target != host else ""
+            raise HostUnreachableError(f"download host {host} cannot be reached{via} ({err})") from None
+
+
 def _open_builder(spec: DataSpec, tspec: TfdsSpec):
-    """``tfds.builder`` + ``download_and_prepare``, with every failure turned into a short error."""
+    """``tfds.builder`` + ``download_and_prepare``, with every failure turned into a short error.
+
+    A dataset that is not prepared yet is only downloaded after its download hosts
+    answered (:func:`check_download_hosts`), so no network means an error in seconds.
+    """
     try:
         import tensorflow_datasets as tfds
 
         builder = tfds.builder(tspec.builder, data_dir=spec.data_dir)
+        mocked = type(builder).download_and_prepare.__module__.startswith("tensorflow_datasets.testing")
+        if not builder.is_prepared() and not mocked:  # under tfds.testing.mock_data nothing is downloaded
+            root = spec.data_dir or default_data_dir()
+            check_download_hosts(builder, os.path.join(root, "downloads", "manual"))
         builder.download_and_prepare()
     except Exception as e:  # no network, missing manual files, missing TFDS extras, ...
         raise DatasetUnavailableError(unavailable_message(spec, tspec, e)) from None

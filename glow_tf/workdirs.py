@@ -1,0 +1,103 @@
+"""Run folders: what counts as a saved run, resuming one safely, and setting one aside.
+
+A workdir *holds a run* once it holds a checkpoint (``checkpoints/ckpt-N`` or
+``best/best-N``). Such a run is only ever resumed by a config that agrees with its
+``config.json`` on the fields that define it (``config_lib.resume_differences``:
+the model, the data and the seed); other fields (steps, cadences, learning rate,
+eval and sample settings, ...) may change and are logged. Anything else stops
+before a file is written, with an :class:`IncompatibleRunError` that names each
+differing field and the two ways on: a new ``--workdir``, or ``--start_over``,
+which moves the old run aside (:func:`move_aside`) and never deletes it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import ml_collections
+from absl import logging
+
+from glow_tf import checkpointing, config_lib
+
+__all__ = ["IncompatibleRunError", "check_workdir", "holds_run", "check_resume", "move_aside", "CONFIG_FILE"]
+
+CONFIG_FILE = "config.json"
+# kind -> (folder under the workdir, checkpoint name)
+CHECKPOINT_KINDS = {"latest": ("checkpoints", "ckpt"), "best": ("best", "best")}
+
+
+class IncompatibleRunError(ValueError):
+    """The workdir holds a run that the new config cannot resume."""
+
+
+def check_workdir(workdir: str) -> str:
+    """Returns ``workdir``, or raises ``NotADirectoryError`` when it exists and is not a folder."""
+    if not workdir:
+        raise ValueError("The workdir must be a non-empty path.")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"--workdir={workdir!r} is an existing file, not a folder; pass a folder path.")
+    return workdir
+
+
+def checkpoint_prefixes(workdir: str, kind: str) -> list[str]:
+    """The ``latest`` or ``best`` checkpoint prefixes of a run, newest first."""
+    folder, name = CHECKPOINT_KINDS[kind]
+    return checkpointing.checkpoint_candidates(os.path.join(workdir, folder), name)
+
+
+def holds_run(workdir: str) -> bool:
+    """True when ``workdir`` holds at least one checkpoint (latest or best)."""
+    return any(checkpoint_prefixes(workdir, kind) for kind in CHECKPOINT_KINDS)
+
+
+def _format(value) -> str:
+    return "(unset)" if value is None else repr(value)
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """Checks that ``config`` may resume the run in ``workdir``; returns the allowed changes.
+
+    Nothing is written. A workdir without checkpoints can always be (re)used.
+
+    Returns:
+      ``"field: old -> new"`` lines for the fields that changed legitimately.
+
+    Raises:
+      IncompatibleRunError: naming every field that defines the run and differs,
+        and how to proceed.
+      ValueError: the run's config.json is unreadable.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not holds_run(workdir) or not os.path.isfile(path):
+        return []  # no checkpoint to protect, or none to compare with (the restore checks the structure)
+    try:
+        saved = config_lib.load_config_json(workdir)
+    except ValueError as err:
+        raise ValueError(f"The run's {path} is unreadable ({err}); use a new --workdir or --start_over.") from None
+    incompatible, changed = config_lib.resume_differences(saved, config)
+    if incompatible:
+        fields = "; ".join(f"{f}: {_format(a)} in the run, {_format(b)} now" for f, a, b in incompatible)
+        raise IncompatibleRunError(
+            f"{workdir} holds a run whose model, data or seed differ from this config ({fields}). Its checkpoints "
+            f"were left untouched. Train in a new --workdir, or pass --start_over (Trainer(start_over=True)) to move "
+            "the old run aside and start a new one there."
+        )
+    return [f"{f}: {_format(a)} -> {_format(b)}" for f, a, b in changed]
+
+
+def move_aside(workdir: str) -> str:
+    """Renames ``workdir`` to ``<workdir>.old-<YYYYmmdd-HHMMSS>`` (a new suffix if that exists); returns the new path.
+
+    Raises:
+      OSError: when the folder cannot be renamed (e.g. a mount point).
+    """
+    base = os.path.normpath(workdir)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    target, n = f"{base}.old-{stamp}", 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{base}.old-{stamp}-{n}"
+    os.rename(base, target)
+    logging.warning("Moved the previous run in %s to %s (nothing was deleted).", workdir, target)
+    return target
