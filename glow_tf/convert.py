@@ -250,10 +250,9 @@ def from_openai(
     openai_hps.check_classes(hps, config, info)
     model = inference.build_model(config, info)
     adamax = openai_layout.load_into(model, prefix, ema)
-    notes.append(
-        f"Weights: the checkpoint's {'ExponentialMovingAverage copies' if ema else 'raw weights (--ema: averages)'}; "
-        f"not carried over: the optimizer state ({adamax} Adamax tensors), the run starts at step 0."
-    )
+    weights = "ExponentialMovingAverage copies" if ema else "raw weights (--ema: its ExponentialMovingAverage copies)"
+    notes.append(f"Weights: the checkpoint's {weights}.")
+    notes.append(f"Not carried over: the optimizer state ({adamax} Adamax tensors); the run starts at step 0.")
     source = {"openai_logdir": os.path.abspath(logdir), "checkpoint": os.path.abspath(prefix), "ema": ema}
     files = {
         HPS_FILE: json.dumps(hps, indent=2) + "\n",
@@ -310,10 +309,8 @@ def to_openai(
     base = _read_json(os.path.join(workdir, HPS_FILE))
     hps, notes = openai_hps.hps_from_config(config, model.top_shape, model.num_classes, logdir, base, problem, category)
     tensors = openai_layout.original_tensors(model, averaged, beta1=hps["beta1"])
-    notes.append(
-        f"ExponentialMovingAverage copies: {'the run EMA weights' if averaged else 'equal to the weights (no EMA)'}; "
-        "the Adamax state is fresh (t=1, zero moments)."
-    )
+    copies = "the run's EMA weights" if averaged is not None else "the weights (the run has no EMA)"
+    notes.append(f"ExponentialMovingAverage copies: {copies}; the Adamax state is fresh (t=1, zero moments).")
     with _staged(logdir) as staging:
         openai_layout.write_checkpoint(os.path.join(staging, DEFAULT_CHECKPOINT), tensors)
         _write_text(

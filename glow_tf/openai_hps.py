@@ -403,6 +403,11 @@ def hps_from_config(
         )
     if category is None:
         category = d.lsun_category if d.name == "lsun" else hps["category"]
+    if problem.startswith("lsun") and category not in data.LSUN_CATEGORIES:
+        raise ValueError(
+            f"problem={problem!r} needs an LSUN category, got {category!r}; pass category= one of "
+            f"{', '.join(data.LSUN_CATEGORIES)}."
+        )
     if num_classes and num_classes != _N_Y[problem]:
         raise ValueError(
             f"This class-conditional run has {num_classes} classes; the original's problem {problem!r} has "

@@ -28,6 +28,7 @@ from glow_tf import (
     export,
     inference,
     latent_tools,
+    openai_hps,
     openai_layout,
     quantization,
     train_lib,
@@ -145,7 +146,7 @@ def test_ema_takes_the_checkpoints_moving_averages(converted, root):
     assert trainable == 54
     raw = converted["A"].model.trainable_variables
     assert sum(not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(conv.model.trainable_variables, raw)) > 40
-    assert "ExponentialMovingAverage copies" in conv.notes[-1]
+    assert "Weights: the checkpoint's ExponentialMovingAverage copies." in conv.notes
 
 
 # ----------------------------------------------------------------------------- the original's layout, written
@@ -403,17 +404,24 @@ BAD = {
     "hps of another model": (dict(hps={"flow_permutation": 1}), ValueError, r"lacks 8 tensors .*shuffle/indices"),
     "ycond without labels": (dict(hps={"ycond": True}), ValueError, r"n_y=10 needs a labelled dataset with 10 "),
     "non-finite weight": (dict(change={"model/0/0/invconv/W": with_nan}), ValueError, r"not finite; nothing was"),
+    "ema without averages": (
+        dict(drop=["model/prior/p/W" + EMA], ema=True),
+        ValueError,
+        r"lacks 1 EMA copies that the hps need: model/prior/p/W/ExponentialMovingAverage\.",
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, name):
     mutation, error, pattern = BAD[name]
+    mutation = dict(mutation)
+    ema = mutation.pop("ema", False)
     logdir = mutated_logdir(tmp_path / "logdir", **mutation)
     npz = tmp_path / "unlabelled.npz"
     np.savez(npz, images=np.zeros([4, 16, 16, 3], np.uint8))
     with pytest.raises(error, match=pattern) as info:
-        convert.from_openai(logdir, str(tmp_path / "run"), data_name="npz", data_path=str(npz))
+        convert.from_openai(logdir, str(tmp_path / "run"), ema=ema, data_name="npz", data_path=str(npz))
     assert "\n" not in str(info.value)
     assert sorted(os.listdir(tmp_path)) == ["logdir", "unlabelled.npz"]  # no run, no staging folder left
 
@@ -435,6 +443,82 @@ def test_missing_logdir_checkpoint_and_existing_run_are_errors(converted, tmp_pa
     digits = tiny_run(tmp_path / "digits", "affine", "invconv")
     with pytest.raises(ValueError, match=r"data.name='digits' has no counterpart .*pass problem= one of"):
         convert.to_openai(digits.workdir, str(tmp_path / "digits_log"))
+
+
+@pytest.mark.parametrize(
+    "indices, inverse, pattern",
+    [([0, 0, 1, 2], [0, 1, 2, 3], r"indices = \[0, 0, 1, 2\] is not a permutation of 0..3"),
+     ([1, 2, 3, 0], [1, 2, 3, 0], r"indices_inverse = \[1, 2, 3, 0\] is not the inverse of .*/indices")],
+)  # fmt: skip
+def test_a_shuffle_must_be_a_permutation_with_its_inverse(indices, inverse, pattern):
+    converter = openai_layout.Shuffle("model/0/0/shuffle", tf.Variable(np.arange(4, dtype=np.int32)))
+    tensors = {"model/0/0/shuffle/indices": np.array(indices), "model/0/0/shuffle/indices_inverse": np.array(inverse)}
+    with pytest.raises(ValueError, match=pattern):
+        converter.read(tensors)
+    good = {
+        "model/0/0/shuffle/indices": np.array([1, 2, 3, 0]),
+        "model/0/0/shuffle/indices_inverse": np.array([3, 0, 1, 2]),
+    }
+    np.testing.assert_array_equal(converter.read(good)[0][1], [1, 2, 3, 0])
+
+
+PROBLEMS = {  # hps changes -> (data.name, extra data fields, the problem written back)
+    "mnist": ({"problem": "mnist", "image_size": -1}, "mnist", {"image_size": 32, "random_shift": 0.1}),
+    "cifar10 dal=2": ({"dal": 2}, "cifar10", {"random_shift": 0.1, "random_flip": True}),
+    "imagenet-oord 32": ({"problem": "imagenet-oord", "image_size": 32}, "imagenet32", {}),
+    "imagenet-oord 64": ({"problem": "imagenet-oord", "image_size": 64}, "imagenet64", {}),
+    "imagenet 32": (
+        {"problem": "imagenet", "image_size": 32},
+        "imagenet32",
+        {"imagenet_builder": "imagenet_resized"},
+    ),
+    "celeba": ({"problem": "celeba", "image_size": 256, "n_bits_x": 5}, "celebahq", {"n_bits": 5}),
+    "lsun_realnvp": ({"problem": "lsun_realnvp", "category": "tower", "image_size": 64}, "lsun", {}),
+    "lsun": ({"problem": "lsun", "category": "church_outdoor", "image_size": -1}, "lsun", {"image_size": 256}),
+}
+
+
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_every_problem_maps_to_a_glow_tf_dataset_and_back(name):
+    changes, data_name, fields = PROBLEMS[name]
+    hps = {**first_line_json(os.path.join(fixture_dir("A"), "train.txt")), **changes}
+    config, notes = openai_hps.config_from_hps(hps)
+    assert config.data.name == data_name and config.data.channels == 3
+    for key, value in fields.items():
+        assert config.data[key] == value, key
+    if hps.get("category"):
+        assert config.data.lsun_category == hps["category"]
+    back, _ = openai_hps.hps_from_config(config, [1, 1, 1], 0, "logs")
+    assert (back["problem"], back["category"], back["image_size"]) == (
+        hps["problem"], hps.get("category", ""), config.data.image_size)  # fmt: skip
+    assert back["n_bits_x"] == config.data.n_bits and set(back) == set(hps)  # every field the original has
+
+
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [({"problem": "imagenet-oord", "image_size": 128}, r"glow_tf has ImageNet at 32 and 64 only"),
+     ({"problem": "lsun_realnvp", "category": ""}, r"hps category='' \(problem='lsun_realnvp'\) .*valid LSUN"),
+     ({"n_bits_x": 9}, r"hps n_bits_x=9 is not supported: valid values are 1..8"),
+     ({"learntop": "yes"}, r"hps learntop='yes' is not supported"),
+     ({"weight_y": -1}, r"hps weight_y=-1 is not supported")],
+)  # fmt: skip
+def test_hps_glow_tf_cannot_represent_are_errors(changes, pattern):
+    hps = {**first_line_json(os.path.join(fixture_dir("A"), "train.txt")), **changes}
+    with pytest.raises(ValueError, match=pattern):
+        openai_hps.config_from_hps(hps)
+
+
+def test_hps_without_effect_or_equivalent_become_notes():
+    changes = {"weight_y": 0.01, "optimizer": "adam", "weight_decay": 0.99, "dal": 2}
+    config, notes = openai_hps.config_from_hps(
+        {**first_line_json(os.path.join(fixture_dir("A"), "train.txt")), **changes}
+    )
+    assert config.model.weight_y == 0.0 and not config.model.class_conditional
+    text = " ".join(notes)
+    for words in ("weight_y=0.01 without ycond has no effect", "optimizer='adam'", "weight_decay=0.99", "dal=2"):
+        assert words in text
+    assert config.optim.beta2 == pytest.approx(1 - 1 / 3) and config.optim.warmup_images == 12
+    assert config.train.per_replica_batch_size == 4 and config.train.gradient_checkpointing is False
 
 
 def test_a_glow_tf_variable_the_layout_misses_is_named(converted, monkeypatch, tmp_path):
