@@ -50,6 +50,7 @@ is switched off): it is written as its matrix ``W = P L (U + diag(sign_s exp(log
 
 from __future__ import annotations
 
+import abc
 import re
 from collections.abc import Iterable, Mapping
 
@@ -96,31 +97,29 @@ def relabelling(channels: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- converters
-class Converter:
+class Converter(abc.ABC):
     """Maps some original tensors to some glow_tf variables, both ways.
 
     Attributes:
-      names: the original tensor names this converter reads and writes.
-      trainable: the subset of ``names`` that the original trains (these have EMA copies
-        and Adamax state), in the original's creation order.
+      trainable: the names of the original tensors that the original trains (these have
+        EMA copies and Adamax state), in the original's creation order.
       variables: the glow_tf variables it sets.
     """
 
-    names: tuple[str, ...] = ()
     trainable: tuple[str, ...] = ()
     variables: tuple[tf.Variable, ...] = ()
 
+    @abc.abstractmethod
     def original_specs(self) -> dict[str, tuple[tuple[int, ...], tf.DType]]:
         """``{name: (shape, dtype)}`` of the original tensors, as the glow_tf model's shapes require."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def read(self, tensors: Mapping[str, np.ndarray]) -> list[tuple[tf.Variable, np.ndarray]]:
         """The values of :attr:`variables` given the original tensors (validated shapes)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def write(self) -> dict[str, np.ndarray]:
         """The original tensors from the variables' current values."""
-        raise NotImplementedError
 
 
 class Tensor(Converter):
@@ -129,7 +128,6 @@ class Tensor(Converter):
     def __init__(self, name: str, variable: tf.Variable, original_shape, relabel: bool = False):
         self.name = name
         self.variable = variable
-        self.names = (name,)
         self.trainable = (name,) if variable.trainable else ()
         self.variables = (variable,)
         self.shape = tuple(int(d) for d in original_shape)
@@ -203,7 +201,7 @@ class LUWeight(Converter):
     def __init__(self, name: str, layer: LUInvertibleConv1x1):
         self.name = name
         self.layer = layer
-        self.names = self.trainable = (name,)
+        self.trainable = (name,)
         self.variables = (layer.permutation, layer.sign_s, layer.lower, layer.upper, layer.log_s)
 
     def original_specs(self):
