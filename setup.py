@@ -32,7 +32,11 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES, "bench": ["torch==2.13.0"]},
     entry_points={
-        "console_scripts": ["glow-export = glow_tf.export:main", "glow-sample = glow_tf.sample:main"],
+        "console_scripts": [
+            "glow-convert = glow_tf.convert:main",
+            "glow-export = glow_tf.export:main",
+            "glow-sample = glow_tf.sample:main",
+        ],
     },
     license="MIT",
 )
