@@ -6,6 +6,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -55,6 +56,23 @@ class _Level(tf.Module):
     def steps(self) -> list[list[tfb.Bijector]]:
         """The flow steps ``[actnorm, permutation, coupling]`` after the squeeze."""
         return [self.layers[k : k + 3] for k in range(1, len(self.layers), 3)]
+
+
+class _Encoded(NamedTuple):
+    """What one encode pass computes (every tensor has the batch first).
+
+    ``latents``: the standardised eps of every level (top last); ``log_det``: the
+    total ``[B]`` inverse log-det, priors included; ``z_top``: the top latent before
+    its prior; ``level_terms``: ``[B, L, 2]`` log-density contributions per level,
+    ``[..., 0]`` the flow steps' log-det and ``[..., 1]`` the log-density of the
+    level's prior (its split prior, or the top prior for the last level), so that
+    ``log_prob = sum(level_terms)``.
+    """
+
+    latents: list
+    log_det: tf.Tensor
+    z_top: tf.Tensor
+    level_terms: tf.Tensor
 
 
 def _encode_layers(layers: Sequence[tfb.Bijector], x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -364,33 +382,35 @@ class Glow(tf.Module):
                 outputs.append(_slice_batch(out, start - first, stop - first))
         return tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *outputs)
 
-    def _encode_with_log_det(self, x: tf.Tensor, labels=None) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+    def _encode_with_log_det(self, x: tf.Tensor, labels=None) -> _Encoded:
         """:meth:`_encode_shard` over ``batch_shards`` slices of the batch."""
         return self._map_shards(self._encode_shard, x, labels)
 
-    def _encode_shard(self, x: tf.Tensor, labels=None) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
-        """One encode pass evaluating each network once.
-
-        Returns:
-          ``(latents, ildj, z_top)``: the standardised eps of every level, the total
-          ``[B]`` inverse log-det (priors included) and the top latent before its prior.
-        """
+    def _encode_shard(self, x: tf.Tensor, labels=None) -> _Encoded:
+        """One encode pass evaluating each network once (see :class:`_Encoded`)."""
         latents, total = [], tf.zeros(tf.shape(x)[:1], x.dtype)
+        flow_terms, prior_log_dets = [], []
         recompute = self.gradient_checkpointing and not nn.in_data_dependent_init()
         for level in self.levels:
             x = level.layers[0].inverse_and_log_det(x)[0]  # squeeze: volume preserving
+            level_log_det = tf.zeros_like(total)
             for step in level.steps:
                 run = functools.partial(_encode_layers, step)
                 x, log_det = tf.recompute_grad(run)(x) if recompute else run(x)
                 total += log_det
+                level_log_det += log_det
+            flow_terms.append(level_log_det)
             if level.split_prior is not None:
                 x, log_det = level.split_prior.inverse_and_log_det(x)
                 total += log_det
+                prior_log_dets.append(log_det + tf.zeros_like(total))
                 latents.append(x[..., level.kept_channels :])
                 x = x[..., : level.kept_channels]
         eps, log_det = self.top_prior.inverse_and_log_det(x, labels=labels)
         latents.append(eps)
-        return latents, total + log_det, x
+        prior_log_dets.append(log_det + tf.zeros_like(total))
+        prior_terms = [ld + standard_normal_log_prob(e) for ld, e in zip(prior_log_dets, latents)]
+        return _Encoded(latents, total + log_det, x, tf.stack([tf.stack(flow_terms, 1), tf.stack(prior_terms, 1)], 2))
 
     # ------------------------------------------------------------- public API
     def initialize(self, images: tf.Tensor, labels: tf.Tensor | None = None, force: bool = False) -> bool:
@@ -419,8 +439,24 @@ class Glow(tf.Module):
     def log_prob(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> tf.Tensor:
         """``[B]`` log-density in nats of float images in the model space."""
         images = self._check_images(images, "log_prob")
-        latents, log_det, _ = self._encode_with_log_det(images, self._check_labels(labels, "log_prob"))
+        latents, log_det, _, _ = self._encode_with_log_det(images, self._check_labels(labels, "log_prob"))
         return log_det + tf.add_n([standard_normal_log_prob(eps) for eps in latents])
+
+    def log_prob_terms(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """Where the log-density of each image comes from, level by level (one encode pass).
+
+        Returns:
+          ``log_prob`` ``[B]`` (nats, as :meth:`log_prob`), ``flow_log_det`` ``[B, L]``
+          (the log-det of level ``i``'s flow steps; its squeeze is volume preserving)
+          and ``prior_log_prob`` ``[B, L]`` (the log-density of level ``i``'s split
+          prior ``log p(z2 | z1)``, or of the top prior for ``i = L - 1``), with
+          ``log_prob = sum(flow_log_det) + sum(prior_log_prob)`` up to float rounding.
+        """
+        images = self._check_images(images, "log_prob_terms")
+        encoded = self._encode_with_log_det(images, self._check_labels(labels, "log_prob_terms"))
+        log_prob = encoded.log_det + tf.add_n([standard_normal_log_prob(eps) for eps in encoded.latents])
+        terms = encoded.level_terms
+        return {"log_prob": log_prob, "flow_log_det": terms[..., 0], "prior_log_prob": terms[..., 1]}
 
     def bits_per_dim(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> tf.Tensor:
         """``[B]`` bits/dim of the quantised data (the original's objective)."""
@@ -436,7 +472,7 @@ class Glow(tf.Module):
         """
         images = self._check_images(images, "objective")
         labels = self._check_labels(labels, "objective")
-        latents, log_det, z_top = self._encode_with_log_det(images, labels)
+        latents, log_det, z_top, _ = self._encode_with_log_det(images, labels)
         log_prob = log_det + tf.add_n([standard_normal_log_prob(eps) for eps in latents])
         bpd = metrics.bits_per_dim(log_prob, self.image_shape, self.n_bits)
         out = {"log_prob": log_prob, "bits_per_dim": bpd, "loss": bpd}
