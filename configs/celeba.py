@@ -22,7 +22,7 @@ def get_config():
     config.train.batch_size = 32
     config.train.per_replica_batch_size = 0
     config.train.n_init = 64
-    config.train.gradient_checkpointing = True
+    config.train.backprop = "checkpointing"
     config.optim.beta2 = 0.999
     config.optim.warmup_images = 200_000
     config.optim.ema_decay = 0.999

@@ -31,6 +31,6 @@ def get_config():
     config.train.batch_size = 0
     config.train.per_replica_batch_size = 64
     config.train.n_init = 256
-    config.train.gradient_checkpointing = True  # on by default in the original
+    config.train.backprop = "checkpointing"  # the original checkpoints every flow step by default
     config.train.num_steps = 200_000
     return config

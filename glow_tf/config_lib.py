@@ -24,12 +24,14 @@ import os
 import ml_collections
 
 from glow_tf import _validate, data
+from glow_tf.flow import BACKPROP_MODES
 from glow_tf.model import COMPUTE_DTYPES, PERMUTATIONS
 
 __all__ = [
     "default_config",
     "validate_config",
     "global_batch_size",
+    "backprop_mode",
     "config_to_json",
     "config_from_json",
     "save_config",
@@ -63,7 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.class_conditional = False  # needs a dataset with labels
     config.model.weight_y = 0.0  # > 0 adds the classifier head (class-conditional only)
     # "bfloat16": mixed precision, the coupling networks compute in bfloat16 (fast on CPUs with AVX512-BF16
-    # and on GPUs/TPUs); variables, flow maths, log-dets and priors stay float32.
+    # and on GPUs/TPUs); variables, flow maths, log-dets and priors stay float32. "float16": the same in
+    # float16 (GPUs without bfloat16: V100, T4) with dynamic loss scaling in the training step.
     config.model.compute_dtype = "float32"
 
     config.optim = ml_collections.ConfigDict()
@@ -82,7 +85,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.per_replica_batch_size = 0  # used only when batch_size == 0
     config.train.num_steps = 200_000
     config.train.n_init = 256  # images for the data-dependent actnorm init before step 0
-    config.train.gradient_checkpointing = False  # recompute each flow step in the backward pass
+    # Gradients through the flow steps (glow_tf.flow): "standard" keeps every activation; "checkpointing"
+    # keeps each step's input and recomputes the step; "reversible" keeps only each level's output and
+    # rebuilds every step's input with its inverse (memory independent of K, ~1.3x the step time).
+    config.train.backprop = "standard"
+    config.train.gradient_checkpointing = False  # older name: True means backprop = "checkpointing"
+    config.train.jit_compile = False  # XLA for the loss-and-gradient computation (slower on CPUs; for GPUs)
     # Independent batch slices per replica step; 0 = auto: one per core on a CPU-only machine, where
     # train.py also runs TF ops single-threaded (glow_tf.parallelism), else 1.
     config.train.batch_shards = 0
@@ -188,6 +196,12 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int | None 
     _int(t.num_steps, "train.num_steps", 0)
     _int(t.n_init, "train.n_init", 1)
     _int(t.batch_shards, "train.batch_shards", 0)
+    _validate.choice(t.backprop, BACKPROP_MODES, "config.train.backprop")
+    if t.gradient_checkpointing and t.backprop not in ("standard", "checkpointing"):
+        raise ValueError(
+            f"config.train.gradient_checkpointing=True (the older name of backprop='checkpointing') contradicts "
+            f"config.train.backprop={t.backprop!r}; set only config.train.backprop."
+        )
     for name in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
         _int(t[name], f"train.{name}", 1)
     for name in ("eval_every", "sample_every"):
@@ -203,6 +217,11 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int | None 
     _int(config.sample.num_reconstructions, "sample.num_reconstructions", 0)
     if num_replicas is not None:
         global_batch_size(config, num_replicas)
+
+
+def backprop_mode(train: ml_collections.ConfigDict) -> str:
+    """The backprop mode a ``config.train`` section asks for (``gradient_checkpointing=True`` means 'checkpointing')."""
+    return "checkpointing" if train.gradient_checkpointing else train.backprop
 
 
 def global_batch_size(config: ml_collections.ConfigDict, num_replicas: int) -> int:

@@ -78,17 +78,17 @@ def is_saved_model(path: str) -> bool:
 
 @contextlib.contextmanager
 def _plain_graph(model: Glow) -> Iterator[None]:
-    """Traces without gradient checkpointing (no backward pass to save memory for) or batch shards.
+    """Traces with standard backprop (there is no backward pass to save memory for) and without batch shards.
 
     Shards only pay off with one thread per op, a setting of the process that
     loads the SavedModel, not of ours.
     """
-    previous = model.gradient_checkpointing, model.batch_shards
-    model.gradient_checkpointing, model.batch_shards = False, 1
+    previous = model.backprop, model.batch_shards
+    model.backprop, model.batch_shards = "standard", 1
     try:
         yield
     finally:
-        model.gradient_checkpointing, model.batch_shards = previous
+        model.backprop, model.batch_shards = previous
 
 
 class _ExportModule(tf.Module):

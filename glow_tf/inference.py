@@ -23,7 +23,7 @@ def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo | None
 
     Returns:
       An uninitialised model (run ``model.initialize`` or restore a checkpoint),
-      with ``gradient_checkpointing`` and ``batch_shards`` set from ``config.train``
+      with ``backprop`` and ``batch_shards`` set from ``config.train``
       (``batch_shards = 0``: :func:`glow_tf.parallelism.auto_batch_shards`).
 
     Raises:
@@ -49,7 +49,7 @@ def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo | None
         compute_dtype=m.compute_dtype,
         seed=config.seed,
     )
-    model.gradient_checkpointing = bool(config.train.gradient_checkpointing)
+    model.backprop = config_lib.backprop_mode(config.train)
     model.batch_shards = config.train.batch_shards or parallelism.auto_batch_shards()
     return model
 

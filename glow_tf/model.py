@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -26,7 +24,9 @@ from glow_tf.bijectors import (
     Squeeze,
     TopPrior,
 )
-from glow_tf.bijectors.squeeze import squeezed_shape
+from glow_tf.bijectors.base import per_example
+from glow_tf.bijectors.squeeze import squeeze2d, squeezed_shape, unsqueeze2d
+from glow_tf.flow import BACKPROP_MODES, FlowSteps
 from glow_tf.quantization import validate_n_bits
 
 tfb = tfp.bijectors
@@ -51,6 +51,11 @@ class _Level(tf.Module):
         self.layers = layers
         self.split_prior = split_prior
         self.kept_channels = kept_channels
+        self.flow = FlowSteps(self.steps)  # a plain object: the variables stay tracked through `layers`
+
+    @property
+    def squeeze(self) -> Squeeze:
+        return self.layers[0]
 
     @property
     def steps(self) -> list[list[tfb.Bijector]]:
@@ -59,7 +64,7 @@ class _Level(tf.Module):
 
 
 class _Encoded(NamedTuple):
-    """What one encode pass computes (every tensor has the batch first).
+    """What one encode pass computes (every tensor has the batch first; one entry per batch slice in the walk).
 
     ``latents``: the standardised eps of every level (top last); ``log_det``: the
     total ``[B]`` inverse log-det, priors included; ``z_top``: the top latent before
@@ -75,16 +80,7 @@ class _Encoded(NamedTuple):
     level_terms: tf.Tensor
 
 
-def _encode_layers(layers: Sequence[tfb.Bijector], x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Fused encode pass through ``layers``: ``(z, summed ildj)``."""
-    total = tf.zeros([], x.dtype)
-    for layer in layers:
-        x, log_det = layer.inverse_and_log_det(x)
-        total += log_det
-    return x, total
-
-
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _compute_dtype(value, dtype: tf.DType) -> tf.DType:
@@ -100,6 +96,17 @@ def _compute_dtype(value, dtype: tf.DType) -> tf.DType:
 def _slice_batch(structure, start: tf.Tensor, stop: tf.Tensor):
     """``t[start:stop]`` for every tensor ``t`` in a nested structure (None stays None)."""
     return tf.nest.map_structure(lambda t: None if t is None else t[start:stop], structure)
+
+
+def _map_slice_lists(fn, structure):
+    """``fn`` on every list of per-slice tensors in a walk's output (lists, tuples and named tuples of them)."""
+    if isinstance(structure, list) and all(isinstance(v, tf.Tensor) for v in structure):
+        return fn(structure)
+    if isinstance(structure, tuple) and hasattr(structure, "_fields"):
+        return type(structure)(*(_map_slice_lists(fn, s) for s in structure))
+    if isinstance(structure, (list, tuple)):
+        return type(structure)(_map_slice_lists(fn, s) for s in structure)
+    return structure
 
 
 class Glow(tf.Module):
@@ -132,13 +139,18 @@ class Glow(tf.Module):
       weight_y: > 0 (with classes) adds the original's classifier head on the top latent.
       n_bits: bits per pixel of the data (for bits/dim).
       seed: seed of every random initial value (rotations, shuffles, conv kernels).
-      gradient_checkpointing: recompute each flow step in the backward pass instead
-        of keeping its activations (less memory, ~1/3 more compute); settable later
-        through the attribute of the same name.
+      gradient_checkpointing: ``backprop='checkpointing'`` (kept for compatibility).
       batch_shards: split every batch into this many independent slices inside the
         graph (same results, per example). With one thread per op
         (:func:`glow_tf.parallelism.configure_cpu_threads`) each CPU core then runs
         one slice; settable later through the attribute of the same name.
+      backprop: how gradients through the flow steps are computed (see
+        :mod:`glow_tf.flow`): ``'standard'`` (default) keeps every step's
+        activations; ``'checkpointing'`` keeps each step's input and recomputes the
+        step (~1/3 more compute); ``'reversible'`` keeps only each level's output
+        and rebuilds each step's input from its output with the step's inverse
+        (memory independent of ``num_steps``, about the compute of checkpointing).
+        Settable later through the attribute of the same name.
       dtype: float dtype of variables and computation.
       compute_dtype: dtype the coupling networks compute in (default ``dtype``);
         ``'bfloat16'`` is a mixed-precision mode: the networks' convolutions run in
@@ -165,6 +177,7 @@ class Glow(tf.Module):
         seed: int | None = 0,
         gradient_checkpointing: bool = False,
         batch_shards: int = 1,
+        backprop: str | None = None,
         dtype: tf.DType = tf.float32,
         compute_dtype: tf.DType | str | None = None,
         name: str = "glow",
@@ -199,6 +212,10 @@ class Glow(tf.Module):
         self.dtype = dtype
         self.compute_dtype = _compute_dtype(compute_dtype, dtype)
         self.gradient_checkpointing = bool(gradient_checkpointing)
+        if backprop is not None:
+            if gradient_checkpointing and backprop != "checkpointing":
+                raise ValueError(f"gradient_checkpointing=True contradicts backprop={backprop!r}; pass one of them.")
+            self.backprop = backprop
         self.batch_shards = batch_shards
 
         rng = np.random.default_rng(seed)
@@ -336,12 +353,31 @@ class Glow(tf.Module):
         return checked
 
     # ------------------------------------------------------------- fused walk
-    def _map_shards(self, fn, *args):
-        """``fn(*args)`` on ``batch_shards`` slices of the batch, outputs concatenated on axis 0.
+    @property
+    def backprop(self) -> str:
+        """How gradients of the fused passes are computed: one of :data:`glow_tf.flow.BACKPROP_MODES`."""
+        return self._backprop
 
-        Every argument is a tensor, a list of tensors or None, with the batch first;
-        ``fn`` must compute each example independently. Slice ``i`` owns examples
-        ``[B i / n, B (i + 1) / n)``; a slice that would be empty (``B < n``)
+    @backprop.setter
+    def backprop(self, value: str) -> None:
+        self._backprop = _validate.choice(value, BACKPROP_MODES, "backprop mode")
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """``backprop == 'checkpointing'`` (the earlier name of that mode; setting False means 'standard')."""
+        return self._backprop == "checkpointing"
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        self._backprop = "checkpointing" if value else "standard"
+
+    def _map_shards(self, walk, *args):
+        """``walk`` over ``batch_shards`` slices of the batch, outputs concatenated on axis 0.
+
+        ``walk`` takes one list of slices per argument (every argument a tensor, a
+        list of tensors or None, with the batch first) and returns a structure of
+        such lists; it must compute each example independently. Slice ``i`` owns
+        examples ``[B i / n, B (i + 1) / n)``; a slice that would be empty (``B < n``)
         computes one neighbouring example instead and keeps none of its outputs,
         as some CPU kernels mishandle empty batches. For the same reason a batch
         that may be empty (its size unknown when traced, or 0) runs with one zero
@@ -351,7 +387,7 @@ class Glow(tf.Module):
         """
         first_arg = tf.nest.flatten(args)[0]
         if first_arg.shape[0] is not None and first_arg.shape[0] > 0:
-            return self._map_nonempty_shards(fn, args)
+            return self._map_nonempty_shards(walk, args)
         batch = tf.shape(first_arg)[0]
         missing = tf.maximum(1 - batch, 0)
 
@@ -362,55 +398,88 @@ class Glow(tf.Module):
             padded.set_shape(tf.TensorShape([None]).concatenate(t.shape[1:]))
             return padded
 
-        out = self._map_nonempty_shards(fn, tf.nest.map_structure(pad, args))
+        out = self._map_nonempty_shards(walk, tf.nest.map_structure(pad, args))
         return tf.nest.map_structure(lambda t: t[:batch], out)
 
-    def _map_nonempty_shards(self, fn, args):
+    def _map_nonempty_shards(self, walk, args):
         """:meth:`_map_shards` for a batch of at least one example."""
-        shards = self.batch_shards
-        if shards == 1 or nn.in_data_dependent_init():
-            return fn(*args)
+        shards = 1 if nn.in_data_dependent_init() else self.batch_shards
         batch = tf.shape(tf.nest.flatten(args)[0])[0]
-        outputs = []
-        # Weights shared by the slices are computed once, except where gradient checkpointing recomputes them.
-        with contextlib.nullcontext() if self.gradient_checkpointing else nn.shared_weights():
+        if shards == 1:
+            kept = [args]
+            bounds = None
+        else:
+            kept, bounds = [], []
             for i in range(shards):
                 start, stop = (batch * i) // shards, (batch * (i + 1)) // shards
                 first = tf.minimum(start, batch - 1)
                 last = tf.maximum(stop, first + 1)
-                out = fn(*_slice_batch(args, first, last))
-                outputs.append(_slice_batch(out, start - first, stop - first))
-        return tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *outputs)
+                kept.append(_slice_batch(args, first, last))
+                bounds.append((start - first, stop - first))
+        # One list of slices per argument (for a list argument, one list per entry).
+        per_arg = [tf.nest.map_structure(lambda *parts: list(parts), *parts) for parts in zip(*kept)]
+        outputs = walk(*per_arg)
+        if bounds is None:
+            return _map_slice_lists(lambda parts: parts[0], outputs)
+        return _map_slice_lists(lambda parts: tf.concat([t[a:b] for t, (a, b) in zip(parts, bounds)], 0), outputs)
 
     def _encode_with_log_det(self, x: tf.Tensor, labels=None) -> _Encoded:
-        """:meth:`_encode_shard` over ``batch_shards`` slices of the batch."""
-        return self._map_shards(self._encode_shard, x, labels)
+        """:meth:`_encode_walk` over ``batch_shards`` slices of the batch."""
+        return self._map_shards(self._encode_walk, x, labels)
 
-    def _encode_shard(self, x: tf.Tensor, labels=None) -> _Encoded:
-        """One encode pass evaluating each network once (see :class:`_Encoded`)."""
-        latents, total = [], tf.zeros(tf.shape(x)[:1], x.dtype)
-        flow_terms, prior_log_dets = [], []
-        recompute = self.gradient_checkpointing and not nn.in_data_dependent_init()
+    def _encode_walk(self, xs: list, labels: list) -> _Encoded:
+        """One encode pass over a list of batch slices, evaluating each network once (see :class:`_Encoded`).
+
+        Every layer's batch-independent tensors are computed once and shared by the slices.
+        """
+        totals = [tf.zeros(tf.shape(x)[:1], x.dtype) for x in xs]
+        latents, flow_terms, prior_log_dets = [], [], []
         for level in self.levels:
-            x = level.layers[0].inverse_and_log_det(x)[0]  # squeeze: volume preserving
-            level_log_det = tf.zeros_like(total)
-            for step in level.steps:
-                run = functools.partial(_encode_layers, step)
-                x, log_det = tf.recompute_grad(run)(x) if recompute else run(x)
-                total += log_det
-                level_log_det += log_det
-            flow_terms.append(level_log_det)
+            xs = [squeeze2d(x, level.squeeze.factor) for x in xs]  # volume preserving
+            xs, level_log_dets = level.flow.encode(xs, self.backprop)
+            totals = [t + ld for t, ld in zip(totals, level_log_dets)]
+            flow_terms.append(level_log_dets)
             if level.split_prior is not None:
-                x, log_det = level.split_prior.inverse_and_log_det(x)
-                total += log_det
-                prior_log_dets.append(log_det + tf.zeros_like(total))
-                latents.append(x[..., level.kept_channels :])
-                x = x[..., : level.kept_channels]
-        eps, log_det = self.top_prior.inverse_and_log_det(x, labels=labels)
+                xs, log_dets = self._encode_layer(level.split_prior, xs)
+                totals = [t + ld for t, ld in zip(totals, log_dets)]
+                prior_log_dets.append(log_dets)
+                latents.append([x[..., level.kept_channels :] for x in xs])
+                xs = [x[..., : level.kept_channels] for x in xs]
+        eps, log_dets = self._encode_layer(self.top_prior, xs, labels)
         latents.append(eps)
-        prior_log_dets.append(log_det + tf.zeros_like(total))
-        prior_terms = [ld + standard_normal_log_prob(e) for ld, e in zip(prior_log_dets, latents)]
-        return _Encoded(latents, total + log_det, x, tf.stack([tf.stack(flow_terms, 1), tf.stack(prior_terms, 1)], 2))
+        prior_log_dets.append(log_dets)
+        n = len(xs)
+        terms = []
+        for s in range(n):
+            prior = [ld[s] + standard_normal_log_prob(level_eps[s]) for ld, level_eps in zip(prior_log_dets, latents)]
+            terms.append(tf.stack([tf.stack([f[s] for f in flow_terms], 1), tf.stack(prior, 1)], 2))
+        return _Encoded(latents, [t + ld for t, ld in zip(totals, log_dets)], xs, terms)
+
+    @staticmethod
+    def _encode_layer(layer, xs: list, labels: list | None = None) -> tuple[list, list]:
+        """A prior bijector on every slice, preparing its weights once: ``(zs, [B] log-dets)``."""
+        kwargs = [{} if y is None else {"labels": y} for y in labels or [None] * len(xs)]
+        if nn.in_data_dependent_init():
+            outs = [layer.inverse_and_log_det(x, **kw) for x, kw in zip(xs, kwargs)]
+        else:
+            prepared = layer.prepare(layer.weights(), xs[0].shape[-3:])
+            outs = [layer.encode_with(prepared, x, **kw) for x, kw in zip(xs, kwargs)]
+        return [z for z, _ in outs], [per_example(ld, x) for (_, ld), x in zip(outs, xs)]
+
+    def _decode_walk(self, latents: list, labels: list) -> list:
+        """The exact inverse of :meth:`_encode_walk` on lists of batch slices (``latents`` per level, top last)."""
+        prepared = self.top_prior.prepare(self.top_prior.weights(), self.top_shape, decode=True)
+        zs = [self.top_prior.decode_with(prepared, eps, labels=y) for eps, y in zip(latents[-1], labels)]
+        for i in reversed(range(self.num_levels)):
+            level = self.levels[i]
+            if level.split_prior is not None:
+                zs = [tf.concat([z, eps], axis=-1) for z, eps in zip(zs, latents[i])]
+                split = level.split_prior
+                prepared = split.prepare(split.weights(), zs[0].shape[-3:], decode=True)
+                zs = [split.decode_with(prepared, z) for z in zs]
+            zs = level.flow.decode(zs)
+            zs = [unsqueeze2d(z, level.squeeze.factor) for z in zs]
+        return zs
 
     # ------------------------------------------------------------- public API
     def initialize(self, images: tf.Tensor, labels: tf.Tensor | None = None, force: bool = False) -> bool:
@@ -492,17 +561,7 @@ class Glow(tf.Module):
         """The exact inverse of :meth:`encode`: float images in the model space."""
         latents = self._check_latents(latents)
         labels = self._check_labels(labels, "decode")
-        return self._map_shards(self._decode_shard, latents, labels)
-
-    def _decode_shard(self, latents: list[tf.Tensor], labels: tf.Tensor | None) -> tf.Tensor:
-        z = self.top_prior._forward(latents[-1], labels=labels)
-        for i in reversed(range(self.num_levels)):
-            level = self.levels[i]
-            if level.split_prior is not None:
-                z = level.split_prior._forward(tf.concat([z, latents[i]], axis=-1))
-            for layer in reversed(level.layers):
-                z = layer._forward(z)
-        return z
+        return self._map_shards(self._decode_walk, latents, labels)
 
     def sample(
         self,

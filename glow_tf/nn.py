@@ -23,6 +23,13 @@ kernel keeps the original's ``[k, k, in + 1, out]`` layout. Outside data-depende
 init, an actnorm (or zero-conv gain) after a convolution is folded into it:
 ``(conv(x, K) + b) * g = conv(x, K * g) + b * g``, which saves elementwise passes
 over the activations and lets 1x1 convolutions run as matmul + bias + relu.
+
+Every layer computes in two halves, so that the flow can call one traced
+function with the weights of each of its steps (``glow_tf.flow``): ``weights()``
+reads the variables into a tuple of tensors, ``prepare(weights, ...)`` derives
+what does not depend on the batch (folded kernels and border maps) and
+``apply(prepared, x)`` is the batch-dependent rest. ``__call__`` chains the three
+(and, inside :func:`data_dependent_init`, initialises the actnorms first).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -43,19 +50,19 @@ __all__ = [
     "Conv2DZeros",
     "LinearZeros",
     "CouplingNetwork",
+    "actnorm",
+    "actnorm_inverse",
     "data_dependent_init",
     "in_data_dependent_init",
     "edge_bias_conv2d",
     "fold_edge_bias_conv",
     "apply_folded_conv",
-    "shared_weights",
-    "shared_weight",
+    "fold_scaled_conv",
 ]
 
 LOGSCALE_FACTOR = 3.0
 _INIT_STD = 0.05
 _init_state = threading.local()
-_weights_state = threading.local()
 
 
 @contextlib.contextmanager
@@ -78,38 +85,18 @@ def in_data_dependent_init() -> bool:
     return getattr(_init_state, "active", False)
 
 
-@contextlib.contextmanager
-def shared_weights() -> Iterator[None]:
-    """Within this context every layer's batch-independent weights are computed once per graph.
-
-    ``Glow.batch_shards`` runs the same layers on several slices of a batch. The
-    folded kernels, ``W`` and ``W^-1`` of the 1x1 convolutions and their
-    log-determinants do not depend on the batch: inside this context the first
-    slice computes them (see :func:`shared_weight`) and the others reuse the same
-    tensors, so they and their gradients are computed once. Not for use around
-    ``tf.recompute_grad``, whose recomputation must read the variables itself.
-    """
-    outer = getattr(_weights_state, "cache", None)
-    _weights_state.cache = {} if outer is None else outer
-    try:
-        yield
-    finally:
-        _weights_state.cache = outer
-
-
-def shared_weight(owner: object, key, compute: Callable[[], object]):
-    """``compute()``, or inside :func:`shared_weights` the value computed first for ``(owner, key)`` in this graph."""
-    cache = getattr(_weights_state, "cache", None)
-    if cache is None:
-        return compute()
-    full_key = (id(owner), key, id(tf.compat.v1.get_default_graph()))
-    if full_key not in cache:
-        cache[full_key] = (owner, compute())  # holding owner keeps its id unique while cached
-    return cache[full_key][1]
-
-
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def actnorm(x: tf.Tensor, bias: tf.Tensor, logs: tf.Tensor) -> tf.Tensor:
+    """``(x + b) * exp(3 * logs)`` per channel."""
+    return (x + bias) * tf.exp(logs * LOGSCALE_FACTOR)
+
+
+def actnorm_inverse(y: tf.Tensor, bias: tf.Tensor, logs: tf.Tensor) -> tf.Tensor:
+    """``y * exp(-3 * logs) - b``: the inverse of :func:`actnorm`."""
+    return y * tf.exp(-logs * LOGSCALE_FACTOR) - bias
 
 
 class ActNormModule(tf.Module):
@@ -134,6 +121,10 @@ class ActNormModule(tf.Module):
         self.logs = tf.Variable(tf.zeros([channels], dtype), name="logs")
         self.initialized = tf.Variable(False, trainable=False, name="initialized")
 
+    def weights(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(b, logs)`` as tensors."""
+        return tf.convert_to_tensor(self.bias), tf.convert_to_tensor(self.logs)
+
     def log_scale(self) -> tf.Tensor:
         """Per-channel ``3 * logs``: the log of the multiplicative scale."""
         return self.logs * LOGSCALE_FACTOR
@@ -150,11 +141,11 @@ class ActNormModule(tf.Module):
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         if in_data_dependent_init():
             self.initialize(x)
-        return (x + self.bias) * tf.exp(self.log_scale())
+        return actnorm(x, *self.weights())
 
     def inverse(self, y: tf.Tensor) -> tf.Tensor:
         """``x = y * exp(-3 * logs) - b``."""
-        return y * tf.exp(-self.log_scale()) - self.bias
+        return actnorm_inverse(y, *self.weights())
 
 
 @functools.cache
@@ -233,16 +224,18 @@ def apply_folded_conv(x: tf.Tensor, kernel: tf.Tensor, offset: tf.Tensor | None)
     return y if offset is None else y + offset
 
 
-def _shared_folded_conv(owner: tf.Module, x: tf.Tensor, weights: Callable[[], tuple]) -> tf.Tensor:
-    """``edge_bias_conv2d(x, *weights())``, folding ``weights() = (kernel, bias, gain)`` once per graph.
+def fold_scaled_conv(weights: tuple, height: int, width: int, dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """:func:`fold_edge_bias_conv` of ``weights = (K, b, logs)``, i.e. of ``(edge_bias_conv(x, K) + b) * exp(3 logs)``.
 
-    Inside :func:`shared_weights` the batch shards of a call share the folded weights.
+    The layout of both :class:`Conv2D` (``b`` and ``logs`` of its actnorm) and
+    :class:`Conv2DZeros`.
     """
-    height, width = (int(d) for d in x.shape[1:3])
-    folded = shared_weight(
-        owner, (height, width, x.dtype), lambda: fold_edge_bias_conv(*weights(), height, width, x.dtype)
-    )
-    return apply_folded_conv(x, *folded)
+    kernel, bias, logs = weights
+    return fold_edge_bias_conv(kernel, bias, tf.exp(logs * LOGSCALE_FACTOR), height, width, dtype)
+
+
+def _spatial(x: tf.Tensor) -> tuple[int, int]:
+    return int(x.shape[1]), int(x.shape[2])
 
 
 def _kernel_shape(in_channels: int, out_channels: int, kernel_size: int) -> list[int]:
@@ -253,7 +246,12 @@ def _kernel_shape(in_channels: int, out_channels: int, kernel_size: int) -> list
 
 
 class Conv2D(tf.Module):
-    """Edge-bias convolution (no bias, weights ~ N(0, 0.05)) followed by actnorm."""
+    """Edge-bias convolution (no bias, weights ~ N(0, 0.05)) followed by actnorm.
+
+    ``weights()`` is ``(K, b, logs)`` (the actnorm's ``b`` and ``logs``); outside
+    data-dependent init the actnorm is folded into the convolution
+    (:func:`fold_scaled_conv`).
+    """
 
     def __init__(
         self,
@@ -270,15 +268,20 @@ class Conv2D(tf.Module):
         self.kernel = tf.Variable(tf.constant(init, dtype), name="kernel")
         self.actnorm = ActNormModule(out_channels, dtype=dtype, name="actnorm")
 
+    def weights(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        return (tf.convert_to_tensor(self.kernel), *self.actnorm.weights())
+
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         if in_data_dependent_init():
             return self.actnorm(edge_bias_conv2d(x, self.kernel))
-        # actnorm(conv(x, K)) = (conv(x, K) + b) * exp(3 logs): folded into the convolution.
-        return _shared_folded_conv(self, x, lambda: (self.kernel, self.actnorm.bias, tf.exp(self.actnorm.log_scale())))
+        return apply_folded_conv(x, *fold_scaled_conv(self.weights(), *_spatial(x), x.dtype))
 
 
 class Conv2DZeros(tf.Module):
-    """``(edge_bias_conv(x) + b) * exp(3 * logs)`` with kernel, b and logs all zero at init."""
+    """``(edge_bias_conv(x) + b) * exp(3 * logs)`` with kernel, b and logs all zero at init.
+
+    ``weights()`` is ``(K, b, logs)``, folded by :func:`fold_scaled_conv`.
+    """
 
     def __init__(
         self,
@@ -294,8 +297,11 @@ class Conv2DZeros(tf.Module):
         self.bias = tf.Variable(tf.zeros([out_channels], dtype), name="bias")
         self.logs = tf.Variable(tf.zeros([out_channels], dtype), name="logs")
 
+    def weights(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        return tf.convert_to_tensor(self.kernel), tf.convert_to_tensor(self.bias), tf.convert_to_tensor(self.logs)
+
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        return _shared_folded_conv(self, x, lambda: (self.kernel, self.bias, tf.exp(self.logs * LOGSCALE_FACTOR)))
+        return apply_folded_conv(x, *fold_scaled_conv(self.weights(), *_spatial(x), x.dtype))
 
 
 class LinearZeros(tf.Module):
@@ -307,8 +313,17 @@ class LinearZeros(tf.Module):
         self.bias = tf.Variable(tf.zeros([out_features], dtype), name="bias")
         self.logs = tf.Variable(tf.zeros([out_features], dtype), name="logs")
 
+    def weights(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        return tf.convert_to_tensor(self.kernel), tf.convert_to_tensor(self.bias), tf.convert_to_tensor(self.logs)
+
+    @staticmethod
+    def apply(weights: tuple, x: tf.Tensor) -> tf.Tensor:
+        """``(x @ W + b) * exp(3 * logs)`` for ``weights = (W, b, logs)``."""
+        kernel, bias, logs = weights
+        return (tf.matmul(x, kernel) + bias) * tf.exp(logs * LOGSCALE_FACTOR)
+
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        return (tf.matmul(x, self.kernel) + self.bias) * tf.exp(self.logs * LOGSCALE_FACTOR)
+        return self.apply(self.weights(), x)
 
 
 class CouplingNetwork(tf.Module):
@@ -317,10 +332,12 @@ class CouplingNetwork(tf.Module):
     ``relu(actnorm(conv3x3(x))) -> relu(actnorm(conv1x1(.))) -> conv3x3_zeros``.
     The last layer starts at zero, so the network outputs 0 at init.
 
-    With a ``compute_dtype`` other than ``dtype`` (mixed precision, e.g.
-    ``bfloat16``) the input and the folded weights are cast to it, the three
-    convolutions run in it, and the output is cast back to ``dtype``; variables
-    stay in ``dtype``. The data-dependent init always runs in ``dtype``.
+    ``weights()`` are the nine tensors ``(K, b, logs)`` of ``conv1``, ``conv2`` and
+    ``conv_out``; ``prepare`` folds them (batch-independent) and ``apply`` runs the
+    three convolutions. With a ``compute_dtype`` other than ``dtype`` (mixed
+    precision, e.g. ``bfloat16``) the folded weights and the input are cast to it,
+    the three convolutions run in it, and the output is cast back to ``dtype``;
+    variables stay in ``dtype``. The data-dependent init always runs in ``dtype``.
     """
 
     def __init__(
@@ -342,8 +359,21 @@ class CouplingNetwork(tf.Module):
         self.conv2 = Conv2D(hidden_width, hidden_width, 1, seed=rng, dtype=dtype, name="conv2")
         self.conv_out = Conv2DZeros(hidden_width, out_channels, 3, dtype=dtype, name="conv_out")
 
+    def weights(self) -> tuple[tf.Tensor, ...]:
+        return (*self.conv1.weights(), *self.conv2.weights(), *self.conv_out.weights())
+
+    def prepare(self, weights: tuple, height: int, width: int) -> tuple:
+        """The three folded convolutions ``((K1, offset1), (K2, bias2), (K3, offset3))`` in the compute dtype."""
+        return tuple(fold_scaled_conv(weights[i : i + 3], height, width, self.compute_dtype) for i in (0, 3, 6))
+
+    def apply(self, prepared: tuple, x: tf.Tensor) -> tf.Tensor:
+        """``f(x)`` from :meth:`prepare`'s output (``x`` and the result in ``dtype``)."""
+        (k1, o1), (k2, o2), (k3, o3) = prepared
+        h = tf.nn.relu(apply_folded_conv(tf.cast(x, self.compute_dtype), k1, o1))
+        h = tf.nn.relu(apply_folded_conv(h, k2, o2))
+        return tf.cast(apply_folded_conv(h, k3, o3), self.dtype)
+
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        mixed = self.compute_dtype != self.dtype and not in_data_dependent_init()
-        h = tf.nn.relu(self.conv1(tf.cast(x, self.compute_dtype) if mixed else x))
-        h = tf.nn.relu(self.conv2(h))
-        return tf.cast(self.conv_out(h), self.dtype)
+        if in_data_dependent_init():  # layer by layer, each actnorm initialised on what reaches it
+            return self.conv_out(tf.nn.relu(self.conv2(tf.nn.relu(self.conv1(x)))))
+        return self.apply(self.prepare(self.weights(), *_spatial(x)), x)

@@ -221,7 +221,7 @@ def _training_fields(config: ml_collections.ConfigDict, hps: dict, problem: str,
     config.train.batch_size = 0
     config.train.per_replica_batch_size = int(local_batch)
     config.train.n_init = int(hps.get("local_batch_init") or get("n_batch_init"))
-    config.train.gradient_checkpointing = bool(get("gradient_checkpointing"))
+    config.train.backprop = "checkpointing" if get("gradient_checkpointing") else "standard"
     dal = get("dal")
     if problem in ("mnist", "cifar10") and dal:
         config.data.random_shift = 0.1
@@ -398,7 +398,7 @@ def hps_from_config(
             lr=float(config.optim.learning_rate),
             beta1=float(config.optim.beta1),
             anchor_size=min(32, d.image_size),
-            gradient_checkpointing=int(config.train.gradient_checkpointing),
+            gradient_checkpointing=int(config_lib.backprop_mode(config.train) != "standard"),
             epochs_warmup=max(1, int(round(config.optim.warmup_images / ORIGINAL_DEFAULTS["n_train"]))),
         )
     if category is None:

@@ -8,6 +8,7 @@
   swappable into the model for evaluation, samples and export.
 * :func:`guard_gradients` -- global norm, optional clipping, and a finite flag that
   makes the training step skip an update with a non-finite loss or gradient.
+* :class:`DynamicLossScale` -- loss scaling for float16 networks (``compute_dtype='float16'``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import ml_collections
 import tensorflow as tf
 import tf_keras
 
-__all__ = ["LinearWarmup", "make_optimizer", "create_slots", "ExponentialMovingAverage", "guard_gradients"]
+__all__ = [
+    "LinearWarmup",
+    "make_optimizer",
+    "create_slots",
+    "ExponentialMovingAverage",
+    "guard_gradients",
+    "DynamicLossScale",
+]
 
 
 class LinearWarmup(tf_keras.optimizers.schedules.LearningRateSchedule):
@@ -159,3 +167,59 @@ class ExponentialMovingAverage(tf.Module):
             yield
         finally:
             self.swap()
+
+
+class DynamicLossScale(tf.Module):
+    """Dynamic loss scaling for float16 gradients, as in mixed-precision training.
+
+    The step differentiates ``loss * scale`` and divides the gradients by ``scale``,
+    so small float16 gradients do not flush to zero. A step whose gradients are not
+    finite (an overflow) is skipped and halves the scale (not below ``minimum``);
+    after ``growth_interval`` finite steps in a row the scale doubles. ``scale`` and
+    the run of good steps are variables, checkpointed with the run, so a resumed run
+    continues with the same scale. Create it inside the strategy's scope.
+
+    Args:
+      initial: the first scale (2**15, as Keras).
+      growth_interval: finite steps in a row before the scale doubles.
+      factor: the growth / back-off factor.
+      minimum: the scale never falls below this.
+    """
+
+    def __init__(
+        self,
+        initial: float = 2.0**15,
+        growth_interval: int = 2000,
+        factor: float = 2.0,
+        minimum: float = 1.0,
+        name: str = "loss_scale",
+    ):
+        super().__init__(name=name)
+        self.growth_interval = int(growth_interval)
+        self.factor = float(factor)
+        self.minimum = float(minimum)
+        self.scale = tf.Variable(float(initial), trainable=False, name="scale")
+        self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
+
+    def scaled(self, loss: tf.Tensor) -> tf.Tensor:
+        """``loss * scale`` (what to differentiate)."""
+        return loss * tf.cast(self.scale, loss.dtype)
+
+    def unscaled(self, grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        """The true gradients from those of :meth:`scaled`."""
+        return [g / tf.cast(self.scale, g.dtype) for g in grads]
+
+    def update(self, finite: tf.Tensor) -> None:
+        """After a step: grow after ``growth_interval`` finite steps, back off after an overflow.
+
+        Call in cross-replica context with the (identical) finite flag of every replica.
+        """
+        good = tf.where(finite, self.good_steps + 1, tf.zeros([], tf.int64))
+        grow = tf.logical_and(finite, good >= self.growth_interval)
+        scale = tf.where(
+            finite,
+            tf.where(grow, self.scale * self.factor, self.scale),
+            tf.maximum(self.scale / self.factor, self.minimum),
+        )
+        self.scale.assign(scale)
+        self.good_steps.assign(tf.where(grow, tf.zeros([], tf.int64), good))

@@ -56,6 +56,7 @@ class TrainResult:
     step: int
     interrupted_by: int | None = None
     last_eval_bits_per_dim: float | None = None
+    overflow_steps: int = 0  # float16 steps skipped for a gradient overflow (the loss scale backed off)
 
 
 @dataclasses.dataclass
@@ -63,8 +64,8 @@ class RunState:
     """Everything a training checkpoint holds besides the model's own variables.
 
     ``checkpoint`` is the ``tf.train.Checkpoint`` of a run: ``model``, ``optimizer``
-    (Adamax slots created up front), ``step``, ``best`` (lowest eval bits/dim) and,
-    when ``optim.ema_decay > 0``, ``ema``.
+    (Adamax slots created up front), ``step``, ``best`` (lowest eval bits/dim),
+    ``ema`` when ``optim.ema_decay > 0`` and ``loss_scale`` for float16 networks.
     """
 
     model: Glow
@@ -74,6 +75,7 @@ class RunState:
     step: tf.Variable
     best_bits_per_dim: tf.Variable
     checkpoint: tf.train.Checkpoint
+    loss_scale: optim.DynamicLossScale | None = None
 
 
 def build_run_state(
@@ -95,10 +97,14 @@ def build_run_state(
         ema = optim.ExponentialMovingAverage(variables, config.optim.ema_decay) if config.optim.ema_decay > 0 else None
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         best = tf.Variable(float("inf"), trainable=False, name="best_bits_per_dim")
+        loss_scale = optim.DynamicLossScale() if model.compute_dtype == tf.float16 else None
     parts = dict(model=model, optimizer=optimizer, step=step, best=best)
     if ema is not None:
         parts["ema"] = ema
-    return RunState(model, list(variables), optimizer, ema, step, best, tf.train.Checkpoint(**parts))
+    if loss_scale is not None:
+        parts["loss_scale"] = loss_scale
+    checkpoint = tf.train.Checkpoint(**parts)
+    return RunState(model, list(variables), optimizer, ema, step, best, checkpoint, loss_scale)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -168,6 +174,7 @@ class Trainer:
         self.variables = state.variables
         self.optimizer, self.ema, self.step = state.optimizer, state.ema, state.step
         self.best_bits_per_dim, self.checkpoint = state.best_bits_per_dim, state.checkpoint
+        self.loss_scale = state.loss_scale
         self.schedule = self.optimizer.learning_rate
         self.checkpoints = checkpointing.CheckpointSet(
             workdir,
@@ -191,6 +198,12 @@ class Trainer:
         self.writers = summaries.RunWriters(workdir, enabled=self.is_chief)  # the first files written
         # One trace for every batch (fixed signature); autograph off: the step has no tensor-dependent
         # Python control flow (the skip is an explicit tf.cond), and tracing is much faster without it.
+        jit = bool(config.train.jit_compile)
+        self._local_step = (
+            tf.function(self._local_loss_and_grads, jit_compile=True, autograph=False)
+            if jit
+            else self._local_loss_and_grads
+        )
         self.train_step = tf.function(self._train_step, input_signature=[spec], autograph=False)
         self.compute_gradients = tf.function(self._compute_gradients, autograph=False)
         self._any_worker_stop = tf.function(self._reduce_stop_flag, autograph=False)
@@ -237,13 +250,26 @@ class Trainer:
         return done
 
     # ------------------------------------------------------------------ step
-    def _loss_and_grads(self, x: tf.Tensor, labels: tf.Tensor | None):
-        """Replica context: globally averaged loss, bits/dim and gradients (all-reduced, so identical everywhere)."""
+    def _local_loss_and_grads(self, x: tf.Tensor, labels: tf.Tensor | None):
+        """This replica's share of the averaged loss and bits/dim, and its gradients (before the all-reduce).
+
+        With float16 networks the loss is scaled for differentiation and the
+        gradients unscaled (:class:`optim.DynamicLossScale`). Compiled with XLA under
+        ``train.jit_compile``.
+        """
         with tf.GradientTape() as tape:
             out = self.model.objective(x, labels)
             loss = tf.nn.compute_average_loss(out["loss"], global_batch_size=self.global_batch)
-        grads = tape.gradient(loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            target = self.loss_scale.scaled(loss) if self.loss_scale is not None else loss
+        grads = tape.gradient(target, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        if self.loss_scale is not None:
+            grads = self.loss_scale.unscaled(grads)
         bpd = tf.nn.compute_average_loss(out["bits_per_dim"], global_batch_size=self.global_batch)
+        return loss, bpd, grads
+
+    def _loss_and_grads(self, x: tf.Tensor, labels: tf.Tensor | None):
+        """Replica context: globally averaged loss, bits/dim and gradients (all-reduced, so identical everywhere)."""
+        loss, bpd, grads = self._local_step(x, labels)
         ctx = tf.distribute.get_replica_context()
         return ctx.all_reduce(tf.distribute.ReduceOp.SUM, (loss, bpd, grads))
 
@@ -264,7 +290,11 @@ class Trainer:
             x = data.model_inputs(images, n_bits, seed, step, replica)
             loss, bpd, grads = self._loss_and_grads(x, labels if self.conditional else None)
             grads, norm, finite = optim.guard_gradients(loss, grads, clip)
-            return grads, dict(loss=loss, bits_per_dim=bpd, grad_norm=norm, finite=finite)
+            # With loss scaling, a finite loss with non-finite gradients is an overflow: skipped, not a failure.
+            overflow = tf.logical_and(tf.math.is_finite(loss), tf.logical_not(finite))
+            if self.loss_scale is None:
+                overflow = tf.constant(False)
+            return grads, dict(loss=loss, bits_per_dim=bpd, grad_norm=norm, finite=finite, overflow=overflow)
 
         grads, metrics = self.strategy.run(replica_fn, args=(images, labels))
         metrics = {k: self.strategy.experimental_local_results(v)[0] for k, v in metrics.items()}
@@ -282,6 +312,9 @@ class Trainer:
             return tf.constant(True)
 
         tf.cond(metrics["finite"], apply, lambda: tf.constant(False))
+        if self.loss_scale is not None:
+            self.loss_scale.update(metrics["finite"])
+            metrics["loss_scale"] = self.loss_scale.scale.read_value()
         self.step.assign_add(1)
         return metrics
 
@@ -357,7 +390,7 @@ class Trainer:
         )
         iterator = iter(self.make_dataset(step))
         result = TrainResult(step)
-        nonfinite_in_row, sums, count, evaluated, sampled = 0, {}, 0, -1, -1
+        nonfinite_in_row, overflows, sums, count, evaluated, sampled = 0, 0, {}, 0, -1, -1
         window_seconds, window_step = 0.0, step  # time spent in training steps only (not eval, samples, saves)
         with checkpointing.PreemptionWatcher() as watcher:
             first = True
@@ -370,11 +403,19 @@ class Trainer:
                 else:
                     window_seconds += time.perf_counter() - start
                 step += 1
+                overflow = values.pop("overflow")
                 if values.pop("finite"):
                     nonfinite_in_row = 0
                     for k, v in values.items():
                         sums[k] = sums.get(k, 0.0) + v
                     count += 1
+                elif overflow:  # float16 gradients overflowed: the loss scale backs off, nothing failed
+                    overflows += 1
+                    logging.info(
+                        "step %d: float16 gradient overflow; update skipped, loss scale now %g.",
+                        step,
+                        values["loss_scale"],
+                    )
                 else:
                     nonfinite_in_row += 1
                     logging.warning(
@@ -412,7 +453,7 @@ class Trainer:
         self.save()
         if result.interrupted_by is not None:
             logging.warning("Stopped by a signal at step %d; checkpoint saved. Run again to resume.", step)
-        result.step = step
+        result.step, result.overflow_steps = step, overflows
         return result
 
     def _log_progress(self, step: int, target: int, steps: int, sums: dict, count: int, elapsed: float) -> None:

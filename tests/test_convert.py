@@ -518,7 +518,7 @@ def test_hps_without_effect_or_equivalent_become_notes():
     for words in ("weight_y=0.01 without ycond has no effect", "optimizer='adam'", "weight_decay=0.99", "dal=2"):
         assert words in text
     assert config.optim.beta2 == pytest.approx(1 - 1 / 3) and config.optim.warmup_images == 12
-    assert config.train.per_replica_batch_size == 4 and config.train.gradient_checkpointing is False
+    assert config.train.per_replica_batch_size == 4 and config.train.backprop == "standard"
 
 
 def test_a_glow_tf_variable_the_layout_misses_is_named(converted, monkeypatch, tmp_path):

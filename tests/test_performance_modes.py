@@ -142,16 +142,17 @@ def test_sharded_gradients_equal_unsharded(model, n):
 def test_every_public_call_really_runs_in_slices(model, monkeypatch):
     """The equality tests above would pass trivially if nothing were split: count the slices."""
     sizes = []
-    for name in ("_encode_shard", "_decode_shard"):
+    for name in ("_encode_walk", "_decode_walk"):
         original = getattr(Glow, name)
 
         def spy(self, first, *rest, _original=original, _name=name):
-            sizes.append((_name[1:7], int(tf.nest.flatten(first)[0].shape[0])))
+            slices = first if isinstance(first[0], tf.Tensor) else first[0]  # images, or the first level's latents
+            sizes.append((_name[1:7], tuple(int(t.shape[0]) for t in slices)))
             return _original(self, first, *rest)
 
         monkeypatch.setattr(Glow, name, spy)
     x, y = _images(BATCH, seed=14), _labels(BATCH)
-    encoded, decoded = [("encode", 2), ("encode", 3)], [("decode", 2), ("decode", 3)]
+    encoded, decoded = [("encode", (2, 3))], [("decode", (2, 3))]
     calls = {
         "log_prob": (lambda: model.log_prob(x, y), encoded),
         "objective": (lambda: model.objective(x, y), encoded),
@@ -166,10 +167,10 @@ def test_every_public_call_really_runs_in_slices(model, monkeypatch):
             assert sizes == expected, what
         sizes.clear()
         model.log_prob(x[:1], y[:1])  # slice 0 owns nothing but still computes one example
-        assert sizes == [("encode", 1), ("encode", 1)]
+        assert sizes == [("encode", (1, 1))]
     sizes.clear()
     model.log_prob(x, y)
-    assert sizes == [("encode", BATCH)]
+    assert sizes == [("encode", (BATCH,))]
 
 
 def test_sharded_gradients_with_gradient_checkpointing_equal_plain():
@@ -291,25 +292,34 @@ def test_bfloat16_bits_per_dim_is_close_but_not_identical(model, bf16):
 
 def _log_prob_graph(model):
     spec = [tf.TensorSpec([None, 8, 8, 3], tf.float32), tf.TensorSpec([None], tf.int32)]
-    return tf.function(model.log_prob).get_concrete_function(*spec).graph
+    return tf.function(model.log_prob).get_concrete_function(*spec).graph.as_graph_def()
 
 
-def _count_ops(graph, op_type, dtype):
-    return sum(1 for op in graph.get_operations() if op.type == op_type and op.get_attr("T") == dtype)
+def _count_ops(graph_def, op_type, dtype, where="all"):
+    """Nodes of ``op_type`` with attr ``T == dtype`` in the graph and (``where='all'``) its functions."""
+    nodes = list(graph_def.node) if where in ("all", "graph") else []
+    if where in ("all", "functions"):
+        nodes += [n for f in graph_def.library.function for n in f.node_def]
+    return sum(1 for n in nodes if n.op == op_type and tf.as_dtype(n.attr["T"].type) == dtype)
 
 
 def test_bfloat16_graph_runs_the_coupling_networks_in_bfloat16(model, bf16):
-    networks = TINY["num_levels"] * TINY["num_steps"]
+    # One flow step is traced per level (glow_tf.flow) and called with each step's weights, so the
+    # graph's function library holds one coupling network per level.
+    levels = TINY["num_levels"]
     graph = _log_prob_graph(bf16)
     # Per network: two 3x3 convolutions (conv1, conv_out) and the 1x1 convolution as a matmul.
-    assert _count_ops(graph, "Conv2D", tf.bfloat16) == 2 * networks
-    assert _count_ops(graph, "MatMul", tf.bfloat16) == networks
-    # The priors' zero convolutions and the 1x1 invertible convolutions stay float32.
-    assert _count_ops(graph, "Conv2D", tf.float32) == TINY["num_levels"]
-    assert _count_ops(graph, "MatMul", tf.float32) > 0
+    assert _count_ops(graph, "Conv2D", tf.bfloat16, "functions") == 2 * levels
+    assert _count_ops(graph, "MatMul", tf.bfloat16, "functions") == levels
+    assert _count_ops(graph, "Conv2D", tf.bfloat16, "graph") == 0
+    # The priors' zero convolutions (split prior and learned top, in the graph) and the 1x1 invertible
+    # convolutions stay float32.
+    assert _count_ops(graph, "Conv2D", tf.float32, "graph") == levels
+    assert _count_ops(graph, "Conv2D", tf.float32, "functions") == 0
+    assert _count_ops(graph, "MatMul", tf.float32, "functions") > 0
     plain = _log_prob_graph(model)
-    assert _count_ops(plain, "Conv2D", tf.float32) == 2 * networks + TINY["num_levels"]
-    assert not any(t.dtype == tf.bfloat16 for op in plain.get_operations() for t in op.outputs)
+    assert _count_ops(plain, "Conv2D", tf.float32) == 2 * levels + levels
+    assert _count_ops(plain, "Conv2D", tf.bfloat16) == 0 and _count_ops(plain, "MatMul", tf.bfloat16) == 0
 
 
 def test_bfloat16_encode_decode_round_trip(bf16):
@@ -348,7 +358,7 @@ def test_bfloat16_with_shards_equals_unsharded_bfloat16(bf16):
     _close(got, expected, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("value", ["float16", "fp8", 3, tf.float16, "bf16"])
+@pytest.mark.parametrize("value", ["half", "fp8", 3, tf.float64, "bf16"])
 def test_invalid_compute_dtype_is_rejected_naming_the_valid_ones(value):
     with pytest.raises(ValueError, match="compute_dtype") as err:
         Glow(**TINY, compute_dtype=value)
@@ -356,7 +366,7 @@ def test_invalid_compute_dtype_is_rejected_naming_the_valid_ones(value):
 
 
 def test_compute_dtype_defaults_to_the_variable_dtype():
-    assert COMPUTE_DTYPES == ("float32", "bfloat16")
+    assert COMPUTE_DTYPES == ("float32", "bfloat16", "float16")
     assert Glow(**TINY).compute_dtype == tf.float32
     assert Glow(**TINY, compute_dtype="float32").compute_dtype == tf.float32
 
@@ -380,7 +390,7 @@ def test_config_defaults_for_the_new_fields():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("model.compute_dtype", "float16", r"config\.model\.compute_dtype.*bfloat16"),
+        ("model.compute_dtype", "float64", r"config\.model\.compute_dtype.*bfloat16"),
         ("model.compute_dtype", "fp8", r"config\.model\.compute_dtype.*float32"),
         ("train.batch_shards", -1, r"config\.train\.batch_shards"),
         ("train.batch_shards", 1.5, r"config\.train\.batch_shards"),

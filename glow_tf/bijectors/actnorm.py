@@ -49,18 +49,28 @@ class ActNorm(GlowBijector):
         """Data-dependent init on a batch of images (encode direction)."""
         self.module.initialize(tf.convert_to_tensor(x, self.dtype))
 
-    def _forward(self, z):
-        return self.module.inverse(z)
+    def weights(self):
+        return self.module.weights()
 
-    def _inverse(self, x):
-        return self.module(x)
+    def encode_with(self, prepared, x, **kwargs):
+        bias, logs = prepared
+        return nn.actnorm(x, bias, logs), num_positions(x) * tf.reduce_sum(logs * nn.LOGSCALE_FACTOR)
+
+    def decode_with(self, prepared, z, **kwargs):
+        return nn.actnorm_inverse(z, *prepared)
+
+    def initialize_and_encode(self, x, **kwargs):
+        z = self.module(x)  # inside nn.data_dependent_init(): initialised on x, then applied
+        return z, num_positions(x) * tf.reduce_sum(self.module.log_scale())
+
+    def _forward(self, z):
+        return self.decode(z)
+
+    def _inverse(self, x):  # any event rank >= 1: no log-det (which counts image positions) here
+        return nn.actnorm(x, *self.weights())
 
     def _inverse_log_det_jacobian(self, x):
         return tf.reduce_sum(self.module.log_scale())
 
     def _forward_log_det_jacobian(self, z):
         return -tf.reduce_sum(self.module.log_scale())
-
-    def inverse_and_log_det(self, x, **kwargs):
-        z = self.module(x)
-        return z, num_positions(x) * tf.reduce_sum(self.module.log_scale())

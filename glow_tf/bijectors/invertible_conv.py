@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from glow_tf import nn
 from glow_tf.bijectors.base import GlowBijector, num_positions, validate_channels
 
 __all__ = ["InvertibleConv1x1", "LUInvertibleConv1x1", "random_rotation", "log_abs_det"]
@@ -35,7 +34,10 @@ def _matmul_channels(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
 
 
 class _Conv1x1(GlowBijector):
-    """Shared maths: ``inverse(x) = x W``, ``forward(z) = z W^-1``, ildj = log|det W| per position."""
+    """Shared maths: ``inverse(x) = x W``, ``forward(z) = z W^-1``, ildj = log|det W| per position.
+
+    Subclasses define ``W``, ``W^-1`` and ``log|det W|`` as functions of ``weights()``.
+    """
 
     def __init__(self, channels, dtype, validate_args, parameters, name):
         channels = validate_channels(channels, name)
@@ -48,36 +50,53 @@ class _Conv1x1(GlowBijector):
             name=name,
         )
 
-    def weight(self) -> tf.Tensor:
+    def weight_of(self, weights: tuple) -> tf.Tensor:
         """The ``[C, C]`` matrix ``W`` of the encode direction."""
         raise NotImplementedError
 
-    def inverse_weight(self) -> tf.Tensor:
+    def inverse_weight_of(self, weights: tuple) -> tf.Tensor:
         """``W^-1``, computed once per call (never per position)."""
         raise NotImplementedError
 
-    def log_abs_det_weight(self) -> tf.Tensor:
+    def log_abs_det_of(self, weights: tuple) -> tf.Tensor:
         """``log|det W|``."""
         raise NotImplementedError
 
-    def _shared(self, name: str) -> tf.Tensor:
-        """``weight``, ``inverse_weight`` or ``log_abs_det_weight``, shared by batch shards (``nn.shared_weights``)."""
-        return nn.shared_weight(self, name, getattr(self, name))
+    def weight(self) -> tf.Tensor:
+        """``W`` of this layer's current weights."""
+        return self.weight_of(self.weights())
+
+    def inverse_weight(self) -> tf.Tensor:
+        """``W^-1`` of this layer's current weights."""
+        return self.inverse_weight_of(self.weights())
+
+    def log_abs_det_weight(self) -> tf.Tensor:
+        """``log|det W|`` of this layer's current weights."""
+        return self.log_abs_det_of(self.weights())
+
+    def prepare(self, weights, event_shape, decode=False):
+        if decode:
+            return (self.inverse_weight_of(weights),)
+        return self.weight_of(weights), self.log_abs_det_of(weights)
+
+    def encode_with(self, prepared, x, **kwargs):
+        w, log_det = prepared
+        return _matmul_channels(x, w), num_positions(x) * log_det
+
+    def decode_with(self, prepared, z, **kwargs):
+        return _matmul_channels(z, prepared[0])
 
     def _forward(self, z):
-        return _matmul_channels(z, self._shared("inverse_weight"))
+        return _matmul_channels(z, self.inverse_weight())
 
     def _inverse(self, x):
-        return _matmul_channels(x, self._shared("weight"))
+        return _matmul_channels(x, self.weight())
 
     def _inverse_log_det_jacobian(self, x):
-        return self._shared("log_abs_det_weight")
+        return self.log_abs_det_weight()
 
     def _forward_log_det_jacobian(self, z):
-        return -self._shared("log_abs_det_weight")
-
-    def inverse_and_log_det(self, x, **kwargs):
-        return _matmul_channels(x, self._shared("weight")), num_positions(x) * self._shared("log_abs_det_weight")
+        return -self.log_abs_det_weight()
 
 
 class InvertibleConv1x1(_Conv1x1):
@@ -104,14 +123,17 @@ class InvertibleConv1x1(_Conv1x1):
         self.w = tf.Variable(tf.constant(random_rotation(channels, seed), dtype), name="w")
         super().__init__(channels, dtype, validate_args, parameters, name or "invertible_conv1x1")
 
-    def weight(self):
-        return tf.convert_to_tensor(self.w)
+    def weights(self):
+        return (tf.convert_to_tensor(self.w),)
 
-    def inverse_weight(self):
-        return tf.linalg.inv(self.w)
+    def weight_of(self, weights):
+        return weights[0]
 
-    def log_abs_det_weight(self):
-        return log_abs_det(self.w)
+    def inverse_weight_of(self, weights):
+        return tf.linalg.inv(weights[0])
+
+    def log_abs_det_of(self, weights):
+        return log_abs_det(weights[0])
 
 
 class LUInvertibleConv1x1(_Conv1x1):
@@ -125,7 +147,8 @@ class LUInvertibleConv1x1(_Conv1x1):
     ``P`` (a permutation) and ``sign_s`` are fixed; ``L`` (unit lower triangular),
     ``U`` (strictly upper triangular) and ``log_s`` are trained. All start from the
     LU decomposition of a random rotation. ``P`` and ``sign_s`` are stored as
-    non-trainable variables so a checkpoint restores them.
+    non-trainable variables so a checkpoint restores them. ``weights()`` is
+    ``(P, sign_s, L, U, log_s)``.
     """
 
     def __init__(
@@ -154,20 +177,25 @@ class LUInvertibleConv1x1(_Conv1x1):
         self.log_s = tf.Variable(tf.cast(tf.math.log(tf.abs(s)), dtype), name="log_s")
         super().__init__(channels, dtype, validate_args, parameters, name or "lu_invertible_conv1x1")
 
-    def _factors(self) -> tuple[tf.Tensor, tf.Tensor]:
+    def weights(self):
+        variables = (self.permutation, self.sign_s, self.lower, self.upper, self.log_s)
+        return tuple(tf.convert_to_tensor(v) for v in variables)
+
+    def _factors(self, weights) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        permutation, sign_s, lower, upper, log_s = weights
         eye = tf.eye(self.channels, dtype=self.dtype)
-        lower = self.lower * self._lower_mask + eye
-        upper = self.upper * self._upper_mask + tf.linalg.diag(self.sign_s * tf.exp(self.log_s))
-        return lower, upper
+        lower = lower * self._lower_mask + eye
+        upper = upper * self._upper_mask + tf.linalg.diag(sign_s * tf.exp(log_s))
+        return permutation, lower, upper
 
-    def weight(self):
-        lower, upper = self._factors()
-        return tf.matmul(self.permutation, tf.matmul(lower, upper))
+    def weight_of(self, weights):
+        permutation, lower, upper = self._factors(weights)
+        return tf.matmul(permutation, tf.matmul(lower, upper))
 
-    def inverse_weight(self):
-        lower, upper = self._factors()
-        l_inv_pt = tf.linalg.triangular_solve(lower, tf.transpose(self.permutation), lower=True)
+    def inverse_weight_of(self, weights):
+        permutation, lower, upper = self._factors(weights)
+        l_inv_pt = tf.linalg.triangular_solve(lower, tf.transpose(permutation), lower=True)
         return tf.linalg.triangular_solve(upper, l_inv_pt, lower=False)
 
-    def log_abs_det_weight(self):
-        return tf.reduce_sum(self.log_s)
+    def log_abs_det_of(self, weights):
+        return tf.reduce_sum(weights[4])

@@ -56,17 +56,26 @@ class ChannelPermutation(GlowBijector):
             name=name,
         )
 
+    def weights(self):
+        return (tf.convert_to_tensor(self.permutation),)
+
+    def prepare(self, weights, event_shape, decode=False):
+        return (tf.math.invert_permutation(weights[0]),) if decode else weights
+
+    def encode_with(self, prepared, x, **kwargs):
+        return tf.gather(x, prepared[0], axis=-1), tf.zeros([], x.dtype)
+
+    def decode_with(self, prepared, z, **kwargs):
+        return tf.gather(z, prepared[0], axis=-1)
+
     def _forward(self, z):
-        return tf.gather(z, tf.math.invert_permutation(self.permutation), axis=-1)
+        return self.decode(z)
 
     def _inverse(self, x):
-        return tf.gather(x, self.permutation, axis=-1)
+        return self.inverse_and_log_det(x)[0]
 
     def _inverse_log_det_jacobian(self, x):
         return tf.zeros([], self.dtype)
 
     def _forward_log_det_jacobian(self, z):
         return tf.zeros([], self.dtype)
-
-    def inverse_and_log_det(self, x, **kwargs):
-        return self._inverse(x), tf.zeros([], x.dtype)

@@ -58,14 +58,34 @@ class SplitPrior(GlowBijector):
     def _halves(self, t):
         return tf.split(t, [self.split_channels, self.channels - self.split_channels], axis=-1)
 
+    def weights(self):
+        return self.network.weights()
+
+    def prepare(self, weights, event_shape, decode=False):
+        return nn.fold_scaled_conv(weights, int(event_shape[0]), int(event_shape[1]), self.dtype)
+
+    def mean_and_log_scale_with(self, prepared, z1: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(mean, logs)`` of ``p(z2 | z1)`` from prepared weights."""
+        return tf.split(apply_to_images(lambda t: nn.apply_folded_conv(t, *prepared), z1), 2, axis=-1)
+
     def mean_and_log_scale(self, z1: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """``(mean, logs)`` of ``p(z2 | z1)``."""
-        return tf.split(apply_to_images(self.network, z1), 2, axis=-1)
+        shape = [*z1.shape[-3:-1], self.channels]
+        return self.mean_and_log_scale_with(self.prepare(self.weights(), shape), z1)
+
+    def encode_with(self, prepared, x, **kwargs):
+        z1, z2 = self._halves(x)
+        mean, logs = self.mean_and_log_scale_with(prepared, z1)
+        eps = (z2 - mean) * tf.exp(-logs)
+        return tf.concat([z1, eps], axis=-1), -sum_over_image(logs)
+
+    def decode_with(self, prepared, z, **kwargs):
+        z1, eps = self._halves(z)
+        mean, logs = self.mean_and_log_scale_with(prepared, z1)
+        return tf.concat([z1, mean + tf.exp(logs) * eps], axis=-1)
 
     def _forward(self, z):
-        z1, eps = self._halves(z)
-        mean, logs = self.mean_and_log_scale(z1)
-        return tf.concat([z1, mean + tf.exp(logs) * eps], axis=-1)
+        return self.decode(z)
 
     def _inverse(self, x):
         return self.inverse_and_log_det(x)[0]
@@ -77,12 +97,6 @@ class SplitPrior(GlowBijector):
     def _forward_log_det_jacobian(self, z):
         _, logs = self.mean_and_log_scale(self._halves(z)[0])
         return sum_over_image(logs)
-
-    def inverse_and_log_det(self, x, **kwargs):
-        z1, z2 = self._halves(x)
-        mean, logs = self.mean_and_log_scale(z1)
-        eps = (z2 - mean) * tf.exp(-logs)
-        return tf.concat([z1, eps], axis=-1), -sum_over_image(logs)
 
 
 class FactorOut(tfb.Bijector):

@@ -69,6 +69,12 @@ class Squeeze(GlowBijector):
             name=name or "squeeze",
         )
 
+    def encode_with(self, prepared, x, **kwargs):
+        return squeeze2d(x, self.factor), tf.zeros([], x.dtype)
+
+    def decode_with(self, prepared, z, **kwargs):
+        return unsqueeze2d(z, self.factor)
+
     def _forward(self, z):
         return unsqueeze2d(z, self.factor)
 
@@ -80,9 +86,6 @@ class Squeeze(GlowBijector):
 
     def _inverse_log_det_jacobian(self, x):
         return tf.zeros([], x.dtype)
-
-    def inverse_and_log_det(self, x, **kwargs):
-        return squeeze2d(x, self.factor), tf.zeros([], x.dtype)
 
     def _forward_event_shape(self, input_shape):
         h, w, c = input_shape[-3:]

@@ -66,35 +66,52 @@ class TopPrior(GlowBijector):
             return tf.one_hot(labels, self.num_classes, dtype=self.dtype)
         return tf.cast(labels, self.dtype)
 
-    def mean_and_log_scale(self, labels: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(mean, logs)``: ``[H, W, C]`` each, or ``[B, H, W, C]`` given labels ``[B]``."""
+    def weights(self):
+        network = self.network.weights() if self.network is not None else ()
+        return network + (self.embedding.weights() if self.embedding is not None else ())
+
+    def prepare(self, weights, event_shape, decode=False):
+        """``(map, embedding weights...)``: the label-independent ``[H, W, 2C]`` map of mean and log-std."""
         h, w, c = self.event_shape_
         params = tf.zeros([h, w, 2 * c], self.dtype)
         if self.network is not None:
-            params = self.network(params[tf.newaxis])[0]
+            params = nn.apply_folded_conv(params[tf.newaxis], *nn.fold_scaled_conv(weights[:3], h, w, self.dtype))[0]
+            weights = weights[3:]
+        return (params, *weights)
+
+    def mean_and_log_scale_with(self, prepared, labels: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(mean, logs)`` from prepared weights: ``[H, W, C]`` each, or ``[B, H, W, C]`` given labels ``[B]``."""
+        params, embedding = prepared[0], prepared[1:]
         if self.embedding is not None:
             if labels is None:
                 raise ValueError(
                     f"{self.name}: this prior is class-conditional ({self.num_classes} classes); pass labels."
                 )
-            emb = self.embedding(self.one_hot(labels))
+            emb = nn.LinearZeros.apply(embedding, self.one_hot(labels))
             params = params + emb[..., tf.newaxis, tf.newaxis, :]
+        c = self.event_shape_[-1]
         return params[..., :c], params[..., c:]
 
-    def _forward(self, eps, labels=None):
-        mean, logs = self.mean_and_log_scale(labels)
+    def mean_and_log_scale(self, labels: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(mean, logs)``: ``[H, W, C]`` each, or ``[B, H, W, C]`` given labels ``[B]``."""
+        return self.mean_and_log_scale_with(self.prepare(self.weights(), self.event_shape_), labels)
+
+    def encode_with(self, prepared, z, labels=None, **kwargs):
+        mean, logs = self.mean_and_log_scale_with(prepared, labels)
+        return (z - mean) * tf.exp(-logs), -sum_over_image(logs)
+
+    def decode_with(self, prepared, eps, labels=None, **kwargs):
+        mean, logs = self.mean_and_log_scale_with(prepared, labels)
         return mean + tf.exp(logs) * eps
 
+    def _forward(self, eps, labels=None):
+        return self.decode(eps, labels=labels)
+
     def _inverse(self, z, labels=None):
-        mean, logs = self.mean_and_log_scale(labels)
-        return (z - mean) * tf.exp(-logs)
+        return self.inverse_and_log_det(z, labels=labels)[0]
 
     def _inverse_log_det_jacobian(self, z, labels=None):
         return -sum_over_image(self.mean_and_log_scale(labels)[1])
 
     def _forward_log_det_jacobian(self, eps, labels=None):
         return sum_over_image(self.mean_and_log_scale(labels)[1])
-
-    def inverse_and_log_det(self, z, labels=None, **kwargs):
-        mean, logs = self.mean_and_log_scale(labels)
-        return (z - mean) * tf.exp(-logs), -sum_over_image(logs)
