@@ -7,7 +7,7 @@
     python -m glow_tf.score per-image --model=... --files a.png b.png --out=scores.csv [--resize]
     python -m glow_tf.score compare --model=... --ood_source=svhn:test [--ood_source=...] --out_dir=DIR \\
         [--in_source=run:test] [--train_source=run:train] [--train_examples=2000] [--typicality_batch=10] \\
-        [--max_examples=N] [--bins=60]
+        [--max_examples=N] [--bins=40]
 
 ``per-image`` writes ``file_or_index,label,bits_per_dim,n_bits,level0_flow,level0_prior,...,top_prior``
 (one row per image; the columns after ``bits_per_dim`` add up to it, see
@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train_source", default="run:train", help="training images: the typicality reference")
     p.add_argument("--train_examples", type=int, default=2000, help="training images scored (0: all)")
     p.add_argument("--typicality_batch", type=int, default=10, help="M, images per typicality-test batch")
-    p.add_argument("--bins", type=int, default=60, help="histogram bins")
+    p.add_argument("--bins", type=int, default=40, help="histogram bins per set")
     p.add_argument("--out_dir", required=True)
     return parser
 

@@ -564,11 +564,13 @@ def write_json(results: Mapping, path: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the figure
-def histogram_png(path: str, scores: Mapping[str, np.ndarray], title: str = "", bins: int = 60) -> str:
-    """Overlaid bits/dim histograms (one colour per set, normalised to density) as a PNG.
+def histogram_png(path: str, scores: Mapping[str, np.ndarray], title: str = "", bins: int = 40) -> str:
+    """Overlaid bits/dim histograms (one colour per set, each normalised to density 1) as a PNG.
 
-    The x range is the 0.5..99.5 percentile range of all values pooled; values beyond it
-    are counted in the end bins (the legend gives each set's mean over all its values).
+    Each set gets ``bins`` bins over its own 0.5..99.5 percentile range (values beyond
+    are counted in its end bins; the legend gives the mean over all values), so a narrow
+    set keeps its shape next to a wide one. When the sets span more than a factor of 4
+    (all positive), the x axis is logarithmic.
 
     Raises:
       ValueError: no sets, an empty set or ``bins`` < 1.
@@ -580,22 +582,30 @@ def histogram_png(path: str, scores: Mapping[str, np.ndarray], title: str = "", 
     arrays = {name: np.asarray(values, np.float64).reshape(-1) for name, values in scores.items()}
     if not arrays or any(v.size == 0 for v in arrays.values()):
         raise ValueError("histogram_png needs at least one non-empty set of scores.")
-    pooled = np.concatenate(list(arrays.values()))
-    low, high = np.percentile(pooled, [0.5, 99.5])
-    if not high > low:
-        low, high = low - 0.5, high + 0.5
-    edges = np.linspace(low, high, bins + 1)
+    ranges = {name: np.percentile(v, [0.5, 99.5]) for name, v in arrays.items()}
+    low = min(r[0] for r in ranges.values())
+    high = max(r[1] for r in ranges.values())
+    log_x = low > 0 and high / low > 4
     figure = Figure(figsize=(7.5, 4.5), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
     for i, (name, values) in enumerate(arrays.items()):
         colour = colours[i % len(colours)]
+        a, b = ranges[name]
+        if not b > a:
+            a, b = a - 0.05 * abs(a) - 0.01, b + 0.05 * abs(b) + 0.01
+        edges = np.geomspace(a, b, bins + 1) if log_x else np.linspace(a, b, bins + 1)
         label = f"{name} (n={values.size}, mean {values.mean():.3f})"
-        clipped = np.clip(values, low, high)
+        clipped = np.clip(values, a, b)
         axes.hist(clipped, edges, density=True, histtype="stepfilled", alpha=0.3, color=colour)
         axes.hist(clipped, edges, density=True, histtype="step", linewidth=1.6, color=colour, label=label)
-    axes.set_xlabel("bits/dim (lower = more likely under the model)")
+    if log_x:
+        axes.set_xscale("log")
+        axes.xaxis.set_major_formatter("{x:g}")
+        axes.xaxis.set_minor_formatter("{x:g}")
+        axes.tick_params(axis="x", which="minor", labelsize=7)
+    axes.set_xlabel("bits/dim (lower = more likely under the model)" + (", log scale" if log_x else ""))
     axes.set_ylabel("density")
     axes.set_title(title or "bits/dim per image")
     axes.legend(fontsize=8, frameon=False)
