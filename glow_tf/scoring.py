@@ -79,7 +79,6 @@ __all__ = [
 
 SPLITS = ("train", "test")
 FILE_SPLITS = ("all", "train", "test")
-DEFAULT_TEST_FRACTION = 0.1  # config.data.test_fraction's default, used when the model's own is unknown
 
 
 # ----------------------------------------------------------------------------- sources

@@ -198,7 +198,7 @@ def test_fit_square_is_exact_without_resize_and_crops_centrally():
 def test_digits_offline(no_network):
     cfg = make_cfg()
     info = data.dataset_info(cfg)
-    assert info == data.DatasetInfo("digits", (8, 8, 1), 10, 1500, 297, ())
+    assert info == data.DatasetInfo("digits", (8, 8, 1), 10, 1500, 297, (), (8, 8, 1))
     train = batches(data.load_split(cfg, "train"), 2000)
     test = batches(data.load_split(cfg, "test"), 2000)
     assert (len(train), len(test)) == (1500, 297)

@@ -153,7 +153,17 @@ def tfds_spec(spec: DataSpec) -> TfdsSpec:
             "identity_CelebA.txt",
         )
         return TfdsSpec(
-            "celeb_a", "train", "test", 162_770, 19_962, 0, CELEBA_CROP, 10_000, files, (218, 178, 3), _decode_celeba
+            "celeb_a",
+            "train",
+            "test",
+            162_770,
+            19_962,
+            0,
+            CELEBA_CROP,
+            10_000,
+            files,
+            (218, 178, 3),
+            decode=_decode_celeba,
         )
     if name == "celebahq":
         return TfdsSpec(
