@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "ml_collections==1.1.0",  # config files with typed command-line overrides
     "scikit-learn==1.9.1",  # the bundled 8x8 digits: the offline quick start
+    "matplotlib==3.11.2",  # glow-score compare: the bits/dim histogram
 ]
 
 TEST_REQUIRES = [
@@ -36,6 +37,7 @@ setup(
             "glow-convert = glow_tf.convert:main",
             "glow-export = glow_tf.export:main",
             "glow-sample = glow_tf.sample:main",
+            "glow-score = glow_tf.score:main",
         ],
     },
     license="MIT",

@@ -17,12 +17,26 @@ Signatures (``loaded.signatures[name](**inputs)`` returns a dict of the outputs)
     decode(latent_0 .. latent_{L-1} float32)                 -> images uint8
     log_prob(images uint8)            # dequantised            -> log_prob float32 [N] (nats)
     bits_per_dim(images uint8)        # dequantised            -> bits_per_dim float32 [N]
+    per_level_bits_per_dim(images uint8)                     # dequantised
+                                      -> bits_per_dim [N], flow_bits_per_dim [N, L], prior_bits_per_dim [N, L]
+    per_level_bits_per_dim_seeded(images uint8, seed int64 [2], index int64 [N])
+                                      # image n's noise is seeded by fold_in(seed, index[n]) alone
+                                      -> the same three outputs
+
+The per-level outputs decompose bits/dim exactly (up to float rounding), in
+the convention of :func:`glow_tf.metrics.term_bits_per_dim`, with ``D = H*W*C``::
+
+    bits_per_dim = n_bits + sum_i flow_bits_per_dim[:, i] + sum_i prior_bits_per_dim[:, i]
+    flow_bits_per_dim[:, i]  = -(log-det of level i's flow steps) / (D ln 2)
+    prior_bits_per_dim[:, i] = -(log-density of level i's split prior, or of the top prior
+                                 for i = L - 1) / (D ln 2)
 
 The loaded object also has these functions (positional arguments in the order
 above, ``labels`` last), seeded variants for reproducible numbers
 (``sample_seeded(num_samples, temperature, seed)``, ``log_prob_seeded(images, seed)``,
-``bits_per_dim_seeded(images, seed)``, ``seed`` int64 ``[2]``), ``encode_float(x)``
-for float images already in the model space, and the int32 variables
+``bits_per_dim_seeded(images, seed)``, ``seed`` int64 ``[2]``), ``encode_float(x)`` and
+``log_prob_terms_float(x)`` (``log_prob`` [N], ``flow_log_det`` [N, L], ``prior_log_prob``
+[N, L] in nats, as ``Glow.log_prob_terms``) for float images already in the model space, and the int32 variables
 ``image_shape``, ``latent_shapes``, ``n_bits`` and ``num_classes``.
 A negative temperature fails inside the graph with "temperature must be >= 0".
 
@@ -48,10 +62,12 @@ from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 
-from glow_tf import config_lib, metrics, quantization, train_lib  # noqa: E402
+from glow_tf import config_lib, data, metrics, quantization, train_lib  # noqa: E402
 from glow_tf.model import Glow  # noqa: E402
 
 __all__ = [
+    "BASE_SIGNATURES",
+    "PER_LEVEL_SIGNATURES",
     "SIGNATURES",
     "METADATA_FILE",
     "build_export_module",
@@ -62,7 +78,9 @@ __all__ = [
     "main",
 ]
 
-SIGNATURES = ("sample", "encode", "encode_deterministic", "decode", "log_prob", "bits_per_dim")
+BASE_SIGNATURES = ("sample", "encode", "encode_deterministic", "decode", "log_prob", "bits_per_dim")
+PER_LEVEL_SIGNATURES = ("per_level_bits_per_dim", "per_level_bits_per_dim_seeded")  # added after the first exports
+SIGNATURES = BASE_SIGNATURES + PER_LEVEL_SIGNATURES
 METADATA_FILE = "glow_export.json"  # under export_dir/assets.extra: provenance (checkpoint, step, EMA, config)
 
 
@@ -111,14 +129,15 @@ def _random_seed() -> tf.Tensor:
 def _make_functions(model: Glow, n_bits: int) -> dict[str, Callable]:
     """The ``tf.function``s of the export, keyed by name (signatures and seeded variants).
 
-    Four cores carry the model's graph (sample, encode, decode, log_prob), each traced
-    once; the other functions are thin wrappers that call them (noise seed, uint8 maps).
+    Four cores carry the model's graph (sample, encode, decode, log-density terms), each
+    traced once; the other functions are thin wrappers that call them (noise seed, uint8 maps).
     """
     conditional = model.num_classes > 0
     image_spec = tf.TensorSpec([None, *model.image_shape], tf.uint8, name="images")
     float_spec = tf.TensorSpec([None, *model.image_shape], model.dtype, name="x")
     label_specs = [tf.TensorSpec([None], tf.int32, name="labels")] if conditional else []
     seed_spec = tf.TensorSpec([2], tf.int64, name="seed")
+    index_spec = tf.TensorSpec([None], tf.int64, name="index")
     scalar_specs = [tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([], tf.float32, name="temperature")]
     names = latent_names(model.num_levels)
     latent_specs = [tf.TensorSpec([None, *s], model.dtype, name=n) for n, s in zip(names, model.latent_shapes)]
@@ -160,15 +179,15 @@ def _make_functions(model: Glow, n_bits: int) -> dict[str, Callable]:
             x = model.decode(latents, labels_of(labels, tf.shape(latents[0])[0]))
         return {"images": quantization.postprocess(x, n_bits)}
 
-    def log_prob_seeded(images, seed, *labels):
+    def log_prob_terms_float(x, *labels):
         with _plain_graph(model):
-            return {"log_prob": model.log_prob(dequantized(images, seed), labels_of(labels, tf.shape(images)[0]))}
+            return model.log_prob_terms(x, labels_of(labels, tf.shape(x)[0]))
 
     cores = {
         "sample_seeded": function(sample_seeded, *scalar_specs, seed_spec),
         "encode_float": function(encode_float, float_spec),
         "decode": function(decode, *latent_specs),
-        "log_prob_seeded": function(log_prob_seeded, image_spec, seed_spec),
+        "log_prob_terms_float": function(log_prob_terms_float, float_spec),
     }
 
     # ---------------------------------------------------------- the wrappers
@@ -181,11 +200,16 @@ def _make_functions(model: Glow, n_bits: int) -> dict[str, Callable]:
     def encode_deterministic(images, *labels):
         return cores["encode_float"](quantization.preprocess(images, n_bits, model.dtype) + half_bin, *labels)
 
+    def log_prob_seeded(images, seed, *labels):
+        return {"log_prob": cores["log_prob_terms_float"](dequantized(images, seed), *labels)["log_prob"]}
+
+    log_prob_seeded = function(log_prob_seeded, image_spec, seed_spec)
+
     def log_prob(images, *labels):
-        return cores["log_prob_seeded"](images, _random_seed(), *labels)
+        return log_prob_seeded(images, _random_seed(), *labels)
 
     def bits_per_dim_seeded(images, seed, *labels):
-        log_p = cores["log_prob_seeded"](images, seed, *labels)["log_prob"]
+        log_p = log_prob_seeded(images, seed, *labels)["log_prob"]
         return {"bits_per_dim": metrics.bits_per_dim(log_p, model.image_shape, n_bits)}
 
     bits_seeded = function(bits_per_dim_seeded, image_spec, seed_spec)
@@ -193,14 +217,33 @@ def _make_functions(model: Glow, n_bits: int) -> dict[str, Callable]:
     def bits_per_dim(images, *labels):
         return bits_seeded(images, _random_seed(), *labels)
 
+    def per_level_bits_per_dim_seeded(images, seed, index, *labels):
+        tf.debugging.assert_equal(tf.size(index), tf.shape(images)[0], message="index must hold one key per image")
+        x = data.keyed_model_inputs(images, n_bits, seed, index, model.dtype)
+        terms = cores["log_prob_terms_float"](x, *labels)
+        return {
+            "bits_per_dim": metrics.bits_per_dim(terms["log_prob"], model.image_shape, n_bits),
+            "flow_bits_per_dim": metrics.term_bits_per_dim(terms["flow_log_det"], model.image_shape),
+            "prior_bits_per_dim": metrics.term_bits_per_dim(terms["prior_log_prob"], model.image_shape),
+        }
+
+    per_level_seeded = function(per_level_bits_per_dim_seeded, image_spec, seed_spec, index_spec)
+
+    def per_level_bits_per_dim(images, *labels):
+        index = tf.range(tf.shape(images, out_type=tf.int64)[0])
+        return per_level_seeded(images, _random_seed(), index, *labels)
+
     return {
         **cores,
+        "log_prob_seeded": log_prob_seeded,
         "sample": function(sample, *scalar_specs),
         "encode": function(encode, image_spec),
         "encode_deterministic": function(encode_deterministic, image_spec),
         "log_prob": function(log_prob, image_spec),
         "bits_per_dim_seeded": bits_seeded,
         "bits_per_dim": function(bits_per_dim, image_spec),
+        "per_level_bits_per_dim_seeded": per_level_seeded,
+        "per_level_bits_per_dim": function(per_level_bits_per_dim, image_spec),
     }
 
 
@@ -340,7 +383,8 @@ def export_from_workdir(workdir: str, checkpoint: str = "latest", export_dir: st
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m glow_tf.export",
-        description="Export a training run as a SavedModel with sample/encode/decode/log_prob/bits_per_dim signatures.",
+        description="Export a training run as a SavedModel with sample/encode/decode/log_prob/bits_per_dim "
+        "(and per-level bits/dim) signatures.",
     )
     parser.add_argument("--workdir", required=True, help="the training run's folder")
     parser.add_argument("--checkpoint", default="latest", choices=("latest", "best"), help="which checkpoint")

@@ -15,6 +15,7 @@ Encodings here are deterministic (bin midpoints, no dequantisation noise), so
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from glow_tf import _validate, export, summaries, train_lib
+from glow_tf import _validate, config_lib, data, export, summaries, train_lib
 from glow_tf.data import transforms
 from glow_tf.model import Glow
 
@@ -50,26 +51,30 @@ class InferenceModel:
     Build one with :meth:`from_model`, :meth:`from_saved_model` or
     :func:`load_inference_model`. Attributes: ``image_shape`` ``(H, W, C)``,
     ``latent_shapes`` (one ``(h, w, c)`` per level, top last), ``n_bits``,
-    ``num_classes`` (0: unconditional; otherwise every method takes ``labels``).
+    ``num_classes`` (0: unconditional; otherwise every method takes ``labels``),
+    ``num_levels``, ``data_config`` (the training run's ``config.data`` section when known, else None).
 
     Args:
       module: an object with the functions and metadata variables of :mod:`glow_tf.export`.
       source: where it came from (for messages).
+      data_config: the ``config.data`` section the model was trained on, if known.
     """
 
-    def __init__(self, module, source: str = "model"):
+    def __init__(self, module, source: str = "model", data_config=None):
         self._module = module
         self.source = source
+        self.data_config = data_config
         self.image_shape = tuple(int(d) for d in module.image_shape.numpy())
         self.latent_shapes = tuple(tuple(int(d) for d in s) for s in module.latent_shapes.numpy())
         self.n_bits = int(module.n_bits.numpy())
         self.num_classes = int(module.num_classes.numpy())
         self.latent_size = sum(math.prod(s) for s in self.latent_shapes)
+        self.num_levels = len(self.latent_shapes)
 
     @classmethod
-    def from_model(cls, model: Glow, n_bits: int | None = None) -> InferenceModel:
+    def from_model(cls, model: Glow, n_bits: int | None = None, data_config=None) -> InferenceModel:
         """Wraps an initialised in-process ``Glow`` (its current weights)."""
-        return cls(export.build_export_module(model, n_bits), source="in-process model")
+        return cls(export.build_export_module(model, n_bits), "in-process model", data_config)
 
     @classmethod
     def from_saved_model(cls, path: str) -> InferenceModel:
@@ -82,10 +87,10 @@ class InferenceModel:
         if not export.is_saved_model(path):
             raise FileNotFoundError(f"No SavedModel at {path!r} (expected {os.path.join(path, 'saved_model.pb')}).")
         loaded = tf.saved_model.load(path)
-        missing = [n for n in (*export.SIGNATURES, "sample_seeded", "image_shape") if not hasattr(loaded, n)]
+        missing = [n for n in (*export.BASE_SIGNATURES, "sample_seeded", "image_shape") if not hasattr(loaded, n)]
         if missing:
             raise ValueError(f"SavedModel {path!r} is not a glow_tf export (missing {missing}).")
-        return cls(loaded, source=path)
+        return cls(loaded, path, _exported_data_config(path))
 
     # ----------------------------------------------------------------- checks
     def check_images(self, images, what: str = "encode") -> np.ndarray:
@@ -196,6 +201,57 @@ class InferenceModel:
         seed = tf.constant([0, int(seed)], tf.int64)
         return getattr(self._module, f"{name}_seeded")(images, seed, *extra)[name].numpy()
 
+    def per_level_bits_per_dim(
+        self, images, labels=None, seed: int | None = None, index=None, draw: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Bits/dim of uint8 images and its split over the levels (one encode pass).
+
+        With ``D = H*W*C`` (see :func:`glow_tf.metrics.term_bits_per_dim`)::
+
+            bits_per_dim = n_bits + sum_i flow_bits_per_dim[:, i] + sum_i prior_bits_per_dim[:, i]
+
+        where ``flow_bits_per_dim[:, i] = -flow_log_det_i / (D ln 2)`` (level ``i``'s flow steps) and
+        ``prior_bits_per_dim[:, i] = -log p_i / (D ln 2)`` (level ``i``'s split prior, the top prior for
+        the last level), equal up to float rounding.
+
+        Args:
+          images: uint8 ``[N, H, W, C]``.
+          labels: ``[N]`` class ids for a class-conditional model.
+          seed: None draws fresh dequantisation noise; an int seeds it: image ``n`` gets the noise
+            of ``data.keyed_model_inputs`` with seed ``data.noise_seed(seed, draw)`` and key ``index[n]``,
+            so its numbers do not depend on the batch it is scored in.
+          index: ``[N]`` integer keys of the images (default ``0..N-1``); only with ``seed``.
+          draw: which independent noise draw (0, 1, ...); only with ``seed``.
+
+        Returns:
+          ``{"bits_per_dim": [N], "flow_bits_per_dim": [N, L], "prior_bits_per_dim": [N, L]}`` float32.
+
+        Raises:
+          ValueError: images or labels that do not fit the model, a bad ``index``, or a SavedModel
+            exported before the per-level signatures existed.
+        """
+        images = self.check_images(images, "per_level_bits_per_dim")
+        extra = self._labels(labels, len(images), "per_level_bits_per_dim")
+        if not hasattr(self._module, "per_level_bits_per_dim_seeded"):
+            raise ValueError(
+                f"{self.source} was exported before per-level bits/dim existed; export the run again "
+                "(python -m glow_tf.export --workdir=...) or score its workdir."
+            )
+        if seed is None:
+            if index is not None:
+                raise ValueError("per_level_bits_per_dim: index keys the seeded noise; pass seed too.")
+            out = self._module.per_level_bits_per_dim(tf.constant(images), *extra)
+        else:
+            index = np.arange(len(images)) if index is None else np.asarray(index)
+            if index.shape != (len(images),) or not np.issubdtype(index.dtype, np.integer):
+                raise ValueError(f"per_level_bits_per_dim: index must be {len(images)} integer keys, got {index!r}.")
+            seed = _validate.integer(seed, "seed", minimum=0)
+            key = data.noise_seed(seed, _validate.integer(draw, "draw", minimum=0))
+            out = self._module.per_level_bits_per_dim_seeded(
+                tf.constant(images), key, tf.constant(index, tf.int64), *extra
+            )
+        return {name: out[name].numpy() for name in ("bits_per_dim", "flow_bits_per_dim", "prior_bits_per_dim")}
+
     def flatten_latents(self, latents: Sequence) -> np.ndarray:
         """``[N, D]``: the per-level eps concatenated (the layout of ``Glow.flatten_latents``)."""
         latents = self.check_latents(latents)
@@ -226,7 +282,18 @@ def load_inference_model(path: str, checkpoint: str = "latest") -> InferenceMode
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path!r} is neither a SavedModel folder nor a training workdir.")
     model, config = train_lib.restore_for_inference(path, checkpoint)
-    return InferenceModel.from_model(model, config.data.n_bits)
+    return InferenceModel.from_model(model, config.data.n_bits, config.data)
+
+
+def _exported_data_config(path: str):
+    """The ``config.data`` section recorded in an export's metadata (None when it has none)."""
+    meta = os.path.join(path, "assets.extra", export.METADATA_FILE)
+    try:
+        with open(meta, encoding="utf-8") as f:
+            recorded = json.load(f).get("config")
+        return config_lib.config_from_json(json.dumps(recorded)).data if recorded else None
+    except (OSError, ValueError):
+        return None
 
 
 def _single_image(model: InferenceModel, image, what: str) -> np.ndarray:

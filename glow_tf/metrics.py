@@ -8,7 +8,10 @@ For a continuous density ``log p(x)`` (nats) on the model space of
     bits_per_dim = -objective / (D * ln 2)
 
 so a density uniform on the data cube ``[-0.5, 0.5)^D`` (``log p = 0``) gives
-exactly ``n_bits`` bits/dim.
+exactly ``n_bits`` bits/dim. When ``log p(x)`` is a sum of terms ``t_j`` (per-level
+log-determinants and prior log-densities), bits/dim splits the same way::
+
+    bits_per_dim = n_bits + sum_j term_bits_per_dim(t_j),   term_bits_per_dim(t) = -t / (D * ln 2)
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-__all__ = ["num_dims", "discrete_log_likelihood", "bits_per_dim", "nats_to_bits"]
+__all__ = ["num_dims", "discrete_log_likelihood", "bits_per_dim", "term_bits_per_dim", "nats_to_bits"]
 
 
 def num_dims(image_shape: Sequence[int]) -> int:
@@ -44,6 +47,19 @@ def bits_per_dim(log_prob: tf.Tensor, image_shape: Sequence[int], n_bits: int) -
     """
     objective = discrete_log_likelihood(log_prob, image_shape, n_bits)
     return -objective / (num_dims(image_shape) * math.log(2.0))
+
+
+def term_bits_per_dim(log_density: tf.Tensor, image_shape: Sequence[int]) -> tf.Tensor:
+    """The bits/dim that one term of ``log p(x)`` contributes: ``-term / (D ln 2)``.
+
+    Args:
+      log_density: a term of the log-density in nats (any shape, e.g. ``[B, L]`` per level).
+      image_shape: ``[H, W, C]`` of one image.
+
+    Returns:
+      ``-log_density / (D ln 2)``; with the constant ``n_bits`` these add up to :func:`bits_per_dim`.
+    """
+    return -nats_to_bits(log_density) / num_dims(image_shape)
 
 
 def nats_to_bits(nats: tf.Tensor) -> tf.Tensor:

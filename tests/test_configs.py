@@ -94,7 +94,7 @@ def test_image_size_not_divisible_by_levels_is_rejected():
         ("optim.ema_decay", 1.0, "ema_decay"),
         ("train.log_every", 0, "log_every"),
         ("sample.temperatures", (), "temperatures"),
-        ("data.name", "svhn", "Unknown dataset"),
+        ("data.name", "stl10", "Unknown dataset"),
     ],
 )
 def test_out_of_range_values_are_rejected(field, value, message):

@@ -652,7 +652,7 @@ def test_cli_converts_both_ways_and_reports_user_errors_in_one_line(converted, r
         "--ema is only for the conversion from the original": ["--to_openai", "--ema", *args[:2]],
         "--problem, --category are only for --to_openai": [*args, "--problem=mnist", "--category=tower"],
         "With --to_openai, --checkpoint is one of": ["--to_openai", *args[:2], "--checkpoint=model_best_loss.ckpt"],
-        "data_name='svhn' is not a glow_tf dataset": [*args[:2], "--data_name=svhn"],
+        "data_name='stl10' is not a glow_tf dataset": [*args[:2], "--data_name=stl10"],
     }
     for message, argv in cases.items():
         assert convert.main(argv) == 1

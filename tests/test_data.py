@@ -54,6 +54,9 @@ def test_default_config_fields_and_names():
         "folder",
         "mnist",
         "cifar10",
+        "cifar100",
+        "svhn",
+        "fashion_mnist",
         "celeba",
         "celebahq",
         "imagenet32",
@@ -65,7 +68,7 @@ def test_default_config_fields_and_names():
 @pytest.mark.parametrize(
     "fields, match",
     [
-        ({"name": "cifar100"}, r"Unknown dataset name 'cifar100'; valid: digits, npz, folder, mnist, cifar10"),
+        ({"name": "stl10"}, r"Unknown dataset name 'stl10'; valid: digits, npz, folder, mnist, cifar10, cifar100"),
         ({"channels": 2}, r"channels must be 1 \(grayscale\) or 3 \(RGB\), got 2"),
         ({"n_bits": 9}, r"n_bits must be an integer in 1..8, got 9"),
         ({"image_size": 0}, r"image_size must be a positive integer, got 0"),
@@ -195,7 +198,7 @@ def test_fit_square_is_exact_without_resize_and_crops_centrally():
 def test_digits_offline(no_network):
     cfg = make_cfg()
     info = data.dataset_info(cfg)
-    assert info == data.DatasetInfo("digits", (8, 8, 1), 10, 1500, 297, ())
+    assert info == data.DatasetInfo("digits", (8, 8, 1), 10, 1500, 297, (), (8, 8, 1))
     train = batches(data.load_split(cfg, "train"), 2000)
     test = batches(data.load_split(cfg, "test"), 2000)
     assert (len(train), len(test)) == (1500, 297)
@@ -368,6 +371,9 @@ TFDS_CASES = {
     # name: (image_size, channels, extra fields, TFDS builder, train split, test split, num_classes)
     "mnist": (32, 1, {}, "mnist", "train", "test", 10),
     "cifar10": (32, 3, {}, "cifar10", "train", "test", 10),
+    "cifar100": (32, 3, {}, "cifar100", "train", "test", 100),
+    "svhn": (32, 3, {}, "svhn_cropped", "train", "test", 10),
+    "fashion_mnist": (32, 1, {}, "fashion_mnist", "train", "test", 10),
     "celeba": (64, 3, {}, "celeb_a", "train", "test", 0),
     "celebahq": (64, 3, {}, "celeb_a_hq/256", "train[:27000]", "train[27000:]", 0),
     "imagenet32": (32, 3, {}, "downsampled_imagenet/32x32", "train", "validation", 0),
@@ -420,7 +426,7 @@ def test_tfds_dataset_through_its_builder(name, mock_tfds, no_network):
         assert images.shape == (2, size, size, channels) and images.dtype == np.uint8 and labels.shape == (2,)
     if num_classes:
         assert len({int(lab) for _, lab in test}) > 1
-    if name == "mnist":
+    if name in ("mnist", "fashion_mnist"):
         assert not stacked[:, :2].any() and not stacked[:, :, -2:].any()  # 28x28 zero-padded to 32x32
     if name == "celeba":
         assert info.attribute_names == data.CELEBA_ATTRIBUTES
@@ -548,3 +554,55 @@ def test_eval_keeps_the_last_partial_batch():
     sizes = [len(b[0]) for b in batches(data.make_eval_dataset(make_cfg(), 100), 10)]
     assert sizes == [100, 100, 97]
     assert math.isclose(sum(sizes), data.dataset_info(make_cfg()).num_test)
+
+
+# ----------------------------------------------------------------------------- the datasets of the OOD experiments
+@pytest.mark.parametrize(
+    "name, files", [("svhn", "test_32x32.mat"), ("cifar100", "cifar-100-binary.tar.gz"), ("fashion_mnist", "t10k")]
+)
+def test_new_tfds_names_fail_fast_without_network(name, files, tmp_path, no_network):
+    cfg = make_cfg(name=name, image_size=32, channels=1, data_dir=str(tmp_path))
+    with pytest.raises(data.DatasetUnavailableError) as caught:
+        data.load_split(cfg, "test")
+    message = str(caught.value)
+    assert "HostUnreachableError: download host" in message and files in message, message
+
+
+@pytest.mark.parametrize(
+    "name, source_shape", [("mnist", (28, 28, 1)), ("svhn", (32, 32, 3)), ("digits", (8, 8, 1)), ("lsun", None)]
+)
+def test_dataset_info_reports_the_stored_image_shape(name, source_shape):
+    info = data.dataset_info(make_cfg(name=name, image_size=8 if name == "digits" else 32, channels=1))
+    assert info.source_shape == source_shape and info.image_shape[2] == 1
+
+
+def test_keyed_split_names_files_and_positions(image_folder, npz_path):
+    cfg = make_cfg(name="npz", path=npz_path, image_size=8)
+    keyed, count = data.load_keyed_split(cfg, "test")
+    keyed = batches(keyed, 1000)
+    plain = batches(data.load_split(cfg, "test"), 1000)
+    assert count == len(plain) == len(keyed) and [k for k, _, _ in keyed] == [str(i).encode() for i in range(count)]
+    for (_, image, label), (image2, label2) in zip(keyed, plain):
+        np.testing.assert_array_equal(image, image2)
+        assert label == label2
+    cfg = make_cfg(name="folder", path=image_folder, image_size=8, test_fraction=0.0)
+    keyed, count = data.load_keyed_split(cfg, "train")
+    names = [os.path.relpath(k.decode(), image_folder) for k, _, _ in batches(keyed, 1000)]
+    assert (
+        names == sorted(names) and len(names) == count == 15 and names[-1] == "tiny.png"
+    )  # 14 + tiny: corrupt skipped
+
+
+def test_keyed_noise_depends_on_the_key_alone():
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, [6, 4, 4, 1]).astype(np.uint8))
+    seed = data.noise_seed(3, 0)
+    full = data.keyed_model_inputs(images, 5, seed, tf.range(6, dtype=tf.int64)).numpy()
+    part = data.keyed_model_inputs(images[3:5], 5, seed, tf.constant([3, 4], tf.int64)).numpy()
+    np.testing.assert_array_equal(full[3:5], part)
+    swapped = data.keyed_model_inputs(images[::-1], 5, seed, tf.range(6, dtype=tf.int64)[::-1]).numpy()
+    np.testing.assert_array_equal(swapped[::-1], full)
+    low = quantization.preprocess(images, 5).numpy()
+    assert (full >= low).all() and (full < low + 1 / 32).all()
+    other = data.keyed_model_inputs(images, 5, data.noise_seed(3, 1), tf.range(6, dtype=tf.int64)).numpy()
+    assert not np.array_equal(full, other)
+    assert data.keyed_model_inputs(images[:0], 5, seed, tf.zeros([0], tf.int64)).shape == (0, 4, 4, 1)

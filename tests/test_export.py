@@ -14,7 +14,7 @@ import tensorflow as tf
 from helpers import tiny_model
 
 import glow_tf
-from glow_tf import export, quantization, sample, train_lib
+from glow_tf import data, export, metrics, quantization, sample, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = [3, 4]
@@ -60,6 +60,11 @@ FRESH_SCRIPT = textwrap.dedent(
         out[key + "_bits"] = m.bits_per_dim_seeded(images, seed, *largs)["bits_per_dim"].numpy()
         out[key + "_sig_log_prob"] = sig["log_prob"](images=images, **extra)["log_prob"].numpy()
         out[key + "_sig_bits"] = sig["bits_per_dim"](images=images, **extra)["bits_per_dim"].numpy()
+        index = tf.constant([7, 1, 0, 3][: len(inputs[key + "_images"])], tf.int64)
+        per_level = sig["per_level_bits_per_dim_seeded"](images=images, seed=seed, index=index, **extra)
+        for name in ("bits_per_dim", "flow_bits_per_dim", "prior_bits_per_dim"):
+            out[f"{key}_per_level_{name}"] = per_level[name].numpy()
+        out[key + "_per_level_random"] = sig["per_level_bits_per_dim"](images=images, **extra)["bits_per_dim"].numpy()
         for mode in ("encode", "encode_deterministic"):
             latents = sig[mode](images=images, **extra)
             out[f"{key}_{mode}_back"] = sig["decode"](**latents, **extra)["images"].numpy()
@@ -175,6 +180,24 @@ def test_reloaded_log_prob_and_bits_per_dim_equal_the_live_model(exported, child
     # The unseeded signatures draw their own noise: within one bin of the seeded values, not equal to them.
     np.testing.assert_allclose(children["out"][f"{key}_sig_bits"], bits, rtol=0.05)
     assert np.isfinite(children["out"][f"{key}_sig_log_prob"]).all()
+
+
+@pytest.mark.parametrize("key", ["uncond", "cond"])
+def test_reloaded_per_level_bits_per_dim_equal_the_live_model(exported, children, key):
+    case = getattr(exported, key)
+    index = tf.constant([7, 1, 0, 3], tf.int64)
+    x = data.keyed_model_inputs(case.images, case.model.n_bits, tf.constant(SEED, tf.int64), index)
+    labels = None if case.labels is None else tf.constant(case.labels)
+    terms = case.model.log_prob_terms(x, labels)
+    shape, out = case.model.image_shape, children["out"]
+    np.testing.assert_allclose(out[f"{key}_per_level_bits_per_dim"], case.model.bits_per_dim(x, labels), rtol=1e-5)
+    flow, prior = out[f"{key}_per_level_flow_bits_per_dim"], out[f"{key}_per_level_prior_bits_per_dim"]
+    np.testing.assert_allclose(flow, metrics.term_bits_per_dim(terms["flow_log_det"], shape), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(prior, metrics.term_bits_per_dim(terms["prior_log_prob"], shape), rtol=1e-5, atol=1e-6)
+    assert flow.shape == prior.shape == (4, case.model.num_levels)
+    total = case.model.n_bits + flow.sum(1) + prior.sum(1)
+    np.testing.assert_allclose(total, out[f"{key}_per_level_bits_per_dim"], atol=1e-4)
+    np.testing.assert_allclose(out[f"{key}_per_level_random"], out[f"{key}_per_level_bits_per_dim"], rtol=0.05)
 
 
 @pytest.mark.parametrize("key", ["uncond", "cond"])

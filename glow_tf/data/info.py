@@ -20,6 +20,8 @@ class DatasetInfo:
       num_classes: number of class labels (0: unlabelled, labels are all 0).
       num_train, num_test: examples per split (None if unknown without reading the data).
       attribute_names: CelebA's 40 binary attributes (``load_split(..., with_attributes=True)``), else ().
+      source_shape: ``(H, W, C)`` of the stored images before the pipeline crops, pads, resizes
+        or converts them to ``image_shape`` (None where it varies: ``folder``, ``lsun``).
     """
 
     name: str
@@ -28,6 +30,7 @@ class DatasetInfo:
     num_train: int | None
     num_test: int | None
     attribute_names: tuple[str, ...] = ()
+    source_shape: tuple[int, int, int] | None = None
 
 
 def dataset_info(cfg) -> DatasetInfo:
@@ -44,16 +47,19 @@ def dataset_info(cfg) -> DatasetInfo:
     shape = (spec.image_size, spec.image_size, spec.channels)
     if spec.name == "digits":
         images, labels = local._digits_uint8()
-        return DatasetInfo("digits", shape, 10, local.DIGITS_NUM_TRAIN, len(images) - local.DIGITS_NUM_TRAIN)
+        num_test = len(images) - local.DIGITS_NUM_TRAIN
+        return DatasetInfo("digits", shape, 10, local.DIGITS_NUM_TRAIN, num_test, (), tuple(images.shape[1:]))
     if spec.name == "npz":
         images, labels = local.npz_arrays(spec)
         num_test = int(local.held_out_mask([str(i) for i in range(len(images))], spec.test_fraction).sum())
         num_classes = 0 if labels is None else int(labels.max()) + 1
-        return DatasetInfo("npz", shape, num_classes, len(images) - num_test, num_test)
+        return DatasetInfo("npz", shape, num_classes, len(images) - num_test, num_test, (), tuple(images.shape[1:]))
     if spec.name == "folder":
         scan, test_index = local.folder_split(spec, "test")
         return DatasetInfo("folder", shape, 0, len(scan.files) - len(test_index), len(test_index))
     tspec = tfds_sources.tfds_spec(spec)
     tfds_sources.check_native_size(spec, tspec)
     attributes = CELEBA_ATTRIBUTES if spec.name == "celeba" else ()
-    return DatasetInfo(spec.name, shape, tspec.num_classes, tspec.num_train, tspec.num_test, attributes)
+    return DatasetInfo(
+        spec.name, shape, tspec.num_classes, tspec.num_train, tspec.num_test, attributes, tspec.source_shape
+    )

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from glow_tf import quantization
 
-__all__ = ["deterministic_inputs", "model_inputs", "noise_seed"]
+__all__ = ["deterministic_inputs", "keyed_model_inputs", "model_inputs", "noise_seed"]
 
 # Distinguishes the dequantisation stream from other uses of the same user seed.
 _DEQUANTIZE_TAG = 0x6465_7175  # "dequ"
@@ -56,6 +56,36 @@ def model_inputs(
     if seed is None:
         return quantization.dequantize(x, n_bits)
     return quantization.dequantize(x, n_bits, seed=noise_seed(seed, step, replica_id))
+
+
+def keyed_model_inputs(
+    images_uint8: tf.Tensor, n_bits: int, seed: tf.Tensor, keys: tf.Tensor, dtype: tf.DType = tf.float32
+) -> tf.Tensor:
+    """Dequantised model inputs whose noise is a function of each example's key alone.
+
+    Example ``n`` gets ``quantization.dequantize(preprocess(u_n), seed=fold_in(seed, keys[n]))``, so
+    its noise does not depend on the batch it is in, its position there or the batch size (use the
+    example's index in its dataset as the key).
+
+    Args:
+      images_uint8: ``[N, H, W, C]`` uint8 pixels.
+      n_bits: bits per pixel, 1..8.
+      seed: shape-[2] int64 stateless seed (e.g. :func:`noise_seed` ``(seed, draw)``).
+      keys: ``[N]`` int64 per-example keys.
+      dtype: float dtype of the result.
+
+    Returns:
+      ``[N, H, W, C]`` floats in ``[-0.5, 0.5)``, each inside its bin.
+    """
+    x = quantization.preprocess(images_uint8, n_bits, dtype)
+    seed = tf.cast(seed, tf.int64)
+
+    def one(args):
+        image, key = args
+        return quantization.dequantize(image, n_bits, seed=tf.random.experimental.stateless_fold_in(seed, key))
+
+    spec = tf.TensorSpec(x.shape[1:], dtype)
+    return tf.map_fn(one, (x, tf.cast(keys, tf.int64)), fn_output_signature=spec)
 
 
 def deterministic_inputs(images_uint8: tf.Tensor, n_bits: int, dtype: tf.DType = tf.float32) -> tf.Tensor:

@@ -40,7 +40,14 @@ from glow_tf.data import local, tfds_sources, transforms
 from glow_tf.data.config import DataSpec, check_split, resolve
 from glow_tf.data.sources import ArraySource, FileSource, StreamSource, deterministic, materialize
 
-__all__ = ["CACHE_MAX_BYTES", "load_split", "make_eval_dataset", "make_train_dataset", "open_source"]
+__all__ = [
+    "CACHE_MAX_BYTES",
+    "load_keyed_split",
+    "load_split",
+    "make_eval_dataset",
+    "make_train_dataset",
+    "open_source",
+]
 
 _log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -98,6 +105,33 @@ def load_split(cfg, split: str, with_attributes: bool = False) -> tf.data.Datase
     spec = resolve(cfg)
     source = open_source(spec, check_split(split), with_attributes)
     return deterministic(source.dataset()).prefetch(AUTOTUNE)
+
+
+def load_keyed_split(cfg, split: str) -> tuple[tf.data.Dataset, int]:
+    """:func:`load_split` with a key naming each example, for per-example reports.
+
+    Args:
+      cfg: the ``config.data`` section.
+      split: 'train' or 'test'.
+
+    Returns:
+      ``(dataset, num_examples)``: elements ``(key string [], image uint8 [S, S, C], label int32 [])``
+      in the order of :func:`load_split`, where ``key`` is the file's path for ``folder`` and the
+      example's position in the split (``"0"``, ``"1"``, ...) otherwise. ``num_examples`` is the
+      split's size (for ``folder``, files that fail to decode are dropped from the dataset but counted).
+
+    Raises:
+      ValueError: bad config or split; DatasetUnavailableError when TFDS cannot provide it.
+    """
+    spec = resolve(cfg)
+    source = open_source(spec, check_split(split))
+    if isinstance(source, FileSource):
+        records = tf.data.Dataset.from_tensor_slices(source.records())
+        ds = records.map(lambda path, *rest: (path, *source.load(path, *rest)), num_parallel_calls=AUTOTUNE)
+        ds = ds.ignore_errors(log_warning=True)
+    else:
+        ds = source.dataset().enumerate().map(lambda i, example: (tf.strings.as_string(i), *example))
+    return deterministic(ds).prefetch(AUTOTUNE), source.num_examples
 
 
 def make_eval_dataset(

@@ -3,6 +3,10 @@
 - ``mnist``: TFDS ``mnist``, train / test; the 28x28 digit zero-padded, centred, to
   ``image_size`` (32 as in the original; below 28: padded to 32, then area-resized).
 - ``cifar10``: TFDS ``cifar10``, train / test; area resize (32: unchanged).
+- ``cifar100``: TFDS ``cifar100`` (the 100 fine labels), train / test; as ``cifar10``.
+- ``svhn``: TFDS ``svhn_cropped`` (32x32 house-number digits, 10 classes), train / test (the
+  ``extra`` split is not used, but TFDS downloads it too); as ``cifar10``.
+- ``fashion_mnist``: TFDS ``fashion_mnist`` (28x28 grey, 10 classes), train / test; padded as ``mnist``.
 - ``celeba``: TFDS ``celeb_a`` (218x178 aligned faces, 40 attributes), train / test;
   central 148x148 crop, area resize.
 - ``celebahq``: TFDS ``celeb_a_hq/256`` (manual download), train[:27000] / train[27000:];
@@ -91,9 +95,10 @@ class TfdsSpec:
     """Static facts about one TFDS dataset (nothing here touches the network or disk).
 
     ``native_size`` is the largest image_size the data supports without upsampling
-    (None: any). ``files`` are what TFDS downloads, or, with ``manual``, what the user
-    must place in ``<data_dir>/downloads/manual`` (TFDS also takes any downloadable file
-    from there instead of fetching it).
+    (None: any). ``source_shape`` is the stored images' ``(H, W, C)`` (None: it varies).
+    ``files`` are what TFDS downloads, or, with ``manual``, what the user must place in
+    ``<data_dir>/downloads/manual`` (TFDS also takes any downloadable file from there
+    instead of fetching it).
     """
 
     builder: str
@@ -105,6 +110,7 @@ class TfdsSpec:
     native_size: int | None
     shuffle_window: int
     files: tuple[str, ...]
+    source_shape: tuple[int, int, int] | None = None
     manual: bool = False
     decode: Callable[[tf.Tensor, object], tf.Tensor] = _decode_image
     prepare: Callable[[tf.Tensor, int], tf.Tensor] = transforms.fit_square
@@ -128,11 +134,16 @@ _IMAGENET = {
 def tfds_spec(spec: DataSpec) -> TfdsSpec:
     """The :class:`TfdsSpec` of a TFDS-backed ``spec.name``."""
     name = spec.name
-    if name == "mnist":
+    if name in ("mnist", "fashion_mnist"):
         files = tuple(f"{p}-{k}-idx{d}-ubyte.gz" for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1)))
-        return TfdsSpec("mnist", "train", "test", 60_000, 10_000, 10, None, 10_000, files, prepare=_pad_mnist)
-    if name == "cifar10":
-        return TfdsSpec("cifar10", "train", "test", 50_000, 10_000, 10, 32, 10_000, ("cifar-10-binary.tar.gz",))
+        return TfdsSpec(name, "train", "test", 60_000, 10_000, 10, None, 10_000, files, (28, 28, 1), prepare=_pad_mnist)
+    if name in ("cifar10", "cifar100"):
+        classes = 10 if name == "cifar10" else 100
+        files = (f"cifar-{classes}-binary.tar.gz",)
+        return TfdsSpec(name, "train", "test", 50_000, 10_000, classes, 32, 10_000, files, (32, 32, 3))
+    if name == "svhn":
+        files = ("train_32x32.mat", "test_32x32.mat", "extra_32x32.mat")
+        return TfdsSpec("svhn_cropped", "train", "test", 73_257, 26_032, 10, 32, 10_000, files, (32, 32, 3))
     if name == "celeba":
         files = (
             "img_align_celeba.zip",
@@ -142,18 +153,39 @@ def tfds_spec(spec: DataSpec) -> TfdsSpec:
             "identity_CelebA.txt",
         )
         return TfdsSpec(
-            "celeb_a", "train", "test", 162_770, 19_962, 0, CELEBA_CROP, 10_000, files, decode=_decode_celeba
+            "celeb_a",
+            "train",
+            "test",
+            162_770,
+            19_962,
+            0,
+            CELEBA_CROP,
+            10_000,
+            files,
+            (218, 178, 3),
+            decode=_decode_celeba,
         )
     if name == "celebahq":
         return TfdsSpec(
-            "celeb_a_hq/256", "train[:27000]", "train[27000:]", 27_000, 3_000, 0, 256, 1_000, ("data256x256.tar",), True
+            "celeb_a_hq/256",
+            "train[:27000]",
+            "train[27000:]",
+            27_000,
+            3_000,
+            0,
+            256,
+            1_000,
+            ("data256x256.tar",),
+            (256, 256, 3),
+            manual=True,
         )
     if name in ("imagenet32", "imagenet64"):
         size = int(name[-2:])
         num_train, num_test, classes, files = _IMAGENET[(spec.imagenet_builder, size)]
         window = 20_000 if size == 32 else 10_000
         builder = f"{spec.imagenet_builder}/{size}x{size}"
-        return TfdsSpec(builder, "train", "validation", num_train, num_test, classes, size, window, files)
+        shape = (size, size, 3)
+        return TfdsSpec(builder, "train", "validation", num_train, num_test, classes, size, window, files, shape)
     if name == "lsun":
         cat = spec.lsun_category
         files = (f"{cat}_train_lmdb.zip", f"{cat}_val_lmdb.zip")
