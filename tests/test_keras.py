@@ -380,6 +380,8 @@ def test_user_mistakes_fail_with_one_clear_line(tmp_path):
     with pytest.raises(ValueError, match="class-conditional .* pass labels"):
         conditional.initialize(images)
     conditional.initialize(images, tf.zeros([16], tf.int32))
+    with pytest.raises(ValueError, match="class-conditional \\(10 classes\\): pass labels"):
+        conditional.sample(2)
     with pytest.raises(ValueError, match="class-conditional .* batches must be \\(images, labels\\)"):
         conditional.fit(tf.data.Dataset.from_tensors(images), verbose=0)
 
@@ -410,6 +412,7 @@ from glow_tf import data, train_lib
 import glow_tf.keras as gk
 
 config = test.get_config()
+config.train.batch_shards = 1
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 one, two = gk.from_config(config, tf.distribute.get_strategy()), gk.from_config(config, mirrored)
 images, labels = next(iter(data.make_train_dataset(config.data, 32, seed=5)))
@@ -439,17 +442,17 @@ h2 = two.fit(float_ds, epochs=2, verbose=0, callbacks=[r2], validation_data=floa
 weight_diff = max_diff(one.glow.trainable_variables, [v.values[0] for v in two.glow.trainable_variables])
 replicas_equal = all(np.array_equal(v.values[0].numpy(), v.values[1].numpy()) for v in two.glow.variables)
 steps = [int(one.step.numpy()), int(two.step.numpy())]
-# uint8 batches: replica r dequantises its half with the Trainer's stream (seed, step, r).
-step = int(two.step.numpy())
-halves = [data.model_inputs(images[8 * r : 8 * r + 8], config.data.n_bits, config.seed, step, r) for r in (0, 1)]
-expected = float(tf.reduce_mean(one.glow.objective(tf.concat(halves, 0))["loss"]))  # the weights are equal
-uint8_loss = two.train_on_batch(images[:16], labels[:16], return_dict=True)["loss"]
-# The new (non-legacy) tf_keras optimizer under the strategy.
+# uint8 batches, and the new (non-legacy) tf_keras optimizer: replica r dequantises its half of the global batch
+# with the Trainer's stream (seed, step, r).
 with mirrored.scope():
-    three = gk.GlowModel(train_lib.build_model(config))
+    three = gk.GlowModel(train_lib.build_model(config), seed=config.seed)
     three.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
 three.initialize(images)
-three.fit(float_ds, verbose=0)
+halves = [data.model_inputs(images[8 * r : 8 * r + 8], config.data.n_bits, config.seed, 0, r) for r in (0, 1)]
+expected = float(tf.reduce_mean(three.glow.objective(tf.concat(halves, 0))["loss"]))
+grids = gk.SampleGrids("grids", temperatures=[0.7], num_samples=4)
+uint8_loss = three.fit(tf.data.Dataset.from_tensors((images[:16], labels[:16])), verbose=0, callbacks=[grids])
+uint8_loss = uint8_loss.history["loss"][0]
 adam_replicas_equal = all(np.array_equal(v.values[0].numpy(), v.values[1].numpy()) for v in three.glow.variables)
 with mirrored.scope():
     glow = train_lib.build_model(config)
@@ -477,7 +480,6 @@ for build_first in (False, True):
     with mirrored.scope():
         k3 = K3(train_lib.build_model(config))
         k3.compile(optimizer=keras.optimizers.Adamax(1e-3))
-        k3.glow.initialize(x)
         if build_first:
             k3.optimizer.build(k3.glow.trainable_variables)
     try:
@@ -488,14 +490,15 @@ for build_first in (False, True):
 print(json.dumps(dict(
     init_diff=init_diff, h1=h1, h2=h2, r1=r1.losses, r2=r2.losses, weight_diff=weight_diff,
     replicas_equal=replicas_equal, steps=steps,
-    uint8=[float(uint8_loss), expected], adam_replicas_equal=adam_replicas_equal, outside=outside, keras3=keras3,
+    uint8=[float(uint8_loss), expected], adam_replicas_equal=adam_replicas_equal, pngs=grids.paths,
+    outside=outside, keras3=keras3,
 )))
 """
 
 
 @pytest.mark.slow
-def test_fit_under_mirrored_strategy_equals_one_device():
-    r = _run(MIRRORED)
+def test_fit_under_mirrored_strategy_equals_one_device(tmp_path):
+    r = _run(MIRRORED, str(tmp_path))
     assert r["init_diff"] == 0.0, "the data-dependent init must give every replica the one-device variables"
     assert r["steps"] == [4, 4] and r["replicas_equal"] and r["adam_replicas_equal"]
     assert r["r2"] == pytest.approx(r["r1"], rel=1e-6) and len(r["r1"]) == 4
@@ -503,6 +506,8 @@ def test_fit_under_mirrored_strategy_equals_one_device():
         assert r["h2"][key] == pytest.approx(r["h1"][key], rel=1e-6), key
     assert r["weight_diff"] <= 1e-6, r["weight_diff"]
     assert r["uint8"][0] == pytest.approx(r["uint8"][1], rel=1e-6)
+    assert [os.path.basename(p) for p in r["pngs"]] == ["step00000001_samples_T0.70.png"]
+    assert os.path.exists(tmp_path / "grids" / "samples" / "step00000001_samples_T0.70.png")
     assert "built outside the tf.distribute strategy scope" in r["outside"]
     # Keras 3: its optimizer fails on mirrored raw tf.Variables unless built inside the scope first.
     assert r["keras3"][0].startswith("Unknown variable") and r["keras3"][1] == "trained", r["keras3"]

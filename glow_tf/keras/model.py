@@ -25,6 +25,7 @@ bits/dim. Why tf_keras (Keras 2) and not Keras 3: see the README's "Keras" secti
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
@@ -48,9 +49,13 @@ def _counter(name: str) -> tf.Variable:
     )
 
 
-def _is_keras3(obj) -> bool:
-    """True for an object of the Keras 3 package (``keras`` / TF 2.21's ``tf.keras``), not of ``tf_keras``."""
-    return type(obj).__module__.split(".")[0] == "keras"
+def _is_keras3(obj, kind: str) -> bool:
+    """True for a Keras 3 (``keras``, TF 2.21's ``tf.keras``) ``'optimizer'`` or ``'callback'``, not a tf_keras one."""
+    keras = sys.modules.get("keras")  # a Keras 3 object exists only once Keras 3 is imported
+    if keras is None:
+        return False
+    base = keras.optimizers.Optimizer if kind == "optimizer" else keras.callbacks.Callback
+    return isinstance(obj, base)
 
 
 class GlowModel(tf_keras.Model):
@@ -279,7 +284,9 @@ class GlowModel(tf_keras.Model):
         """
         num_samples = _validate.integer(num_samples, "num_samples", minimum=0)
         temperature = _validate.number(temperature, "temperature", 0.0)
-        self.glow._check_labels(labels, "sample")
+        if self.conditional != (labels is not None):
+            need = f"is class-conditional ({self.glow.num_classes} classes): pass labels"
+            raise ValueError(f"sample: the Glow {need if self.conditional else 'is unconditional: pass no labels'}.")
         if self._sample_function is None:
             self._sample_function = tf.function(self._sample, autograph=False, reduce_retracing=True)
         seed = tf.random.uniform([2], maxval=2**62, dtype=tf.int64) if seed is None else tf.cast(seed, tf.int64)
@@ -326,7 +333,7 @@ class GlowModel(tf_keras.Model):
                     f"GlowModel.compile: {key}= is not supported; the loss is the Glow objective and fit/evaluate "
                     "report loss, bits_per_dim (and class_bits)."
                 )
-        if _is_keras3(optimizer):
+        if _is_keras3(optimizer, "optimizer"):
             raise ValueError(
                 "GlowModel is a tf_keras (Keras 2) model; pass a tf_keras optimizer (e.g. tf_keras.optimizers.Adamax "
                 f"or glow_tf.optim.make_optimizer), not the Keras 3 {type(optimizer).__name__} of keras / tf.keras."
@@ -349,7 +356,7 @@ class GlowModel(tf_keras.Model):
             return callbacks
         callbacks = list(callbacks or [])
         for cb in callbacks:
-            if _is_keras3(cb):
+            if _is_keras3(cb, "callback"):
                 raise ValueError(
                     f"GlowModel.{what}: {type(cb).__name__} is a Keras 3 callback (keras / tf.keras); GlowModel is a "
                     f"tf_keras model: use tf_keras.callbacks.{type(cb).__name__}."
