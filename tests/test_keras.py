@@ -27,13 +27,16 @@ TIMEOUT = 240
 
 
 def make_config(**overrides):
-    """configs/test.py (8x8 digits, L=2, K=2, width 16, batch 16), unsharded, with ``{"section.key": value}``."""
+    """configs/test.py (8x8 digits, batch 16, L=2) at K=1, width 8, unsharded, with ``{"section.key": value}``.
+
+    Small graphs trace fast; sharding is the Glow's business (tested with the model).
+    """
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     from configs import test
 
     config = test.get_config()
-    config.train.batch_shards = 1  # half the graph to trace; sharding is the Glow's (tested with the model)
+    config.model.num_steps, config.model.hidden_width, config.train.batch_shards = 1, 8, 1
     for field, value in overrides.items():
         section, key = field.split(".")
         config[section][key] = value
@@ -89,7 +92,7 @@ def test_keras3_does_not_track_the_glow_variables(tmp_path):
             self.glow = glow
 
     k3 = Keras3Glow(glow)
-    assert len(glow.trainable_variables) > 50 and k3.trainable_weights == [] and k3.weights == []
+    assert len(glow.trainable_variables) == 30 and k3.trainable_weights == [] and k3.weights == []
     # Its optimizer does update raw tf.Variables (one device; under MirroredStrategy only when built up front,
     # see the distributed test) ...
     images = next(iter(train_batches(config)))[0]
@@ -100,7 +103,7 @@ def test_keras3_does_not_track_the_glow_variables(tmp_path):
     before = values(glow.trainable_variables)
     keras.optimizers.Adamax(1e-3).apply_gradients(zip(grads, glow.trainable_variables))
     moved = [not np.array_equal(a, v.numpy()) for a, v in zip(before, glow.trainable_variables)]
-    assert moved == [bool(np.any(g.numpy() != 0)) for g in grads] and sum(moved) > 20
+    assert moved == [bool(np.any(g.numpy() != 0)) for g in grads] and sum(moved) > 10
     # ... but its weight files (save_weights, ModelCheckpoint, BackupAndRestore) hold none of them,
     k3.built = True
     k3.save_weights(str(tmp_path / "k3.weights.h5"))
@@ -412,7 +415,7 @@ from glow_tf import data, train_lib
 import glow_tf.keras as gk
 
 config = test.get_config()
-config.train.batch_shards = 1
+config.model.num_steps, config.model.hidden_width, config.train.batch_shards = 1, 8, 1
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 one, two = gk.from_config(config, tf.distribute.get_strategy()), gk.from_config(config, mirrored)
 images, labels = next(iter(data.make_train_dataset(config.data, 32, seed=5)))

@@ -18,11 +18,11 @@ import ml_collections
 import tensorflow as tf
 
 from glow_tf import config_lib, optim
-from glow_tf.keras.callbacks import DataDependentInit, NonFiniteGuard, RequireInitialized, SampleGrids
+from glow_tf.keras.callbacks import DataDependentInit, NonFiniteGuard, SampleGrids
 from glow_tf.keras.model import GlowModel
 from glow_tf.train_lib import build_model
 
-__all__ = ["GlowModel", "DataDependentInit", "NonFiniteGuard", "RequireInitialized", "SampleGrids", "from_config"]
+__all__ = ["GlowModel", "DataDependentInit", "NonFiniteGuard", "SampleGrids", "from_config"]
 
 
 def from_config(config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy | None = None) -> GlowModel:

@@ -77,7 +77,8 @@ class DataDependentInit(tf_keras.callbacks.Callback):
     Skipped when the model is already initialised (restored by ``BackupAndRestore``,
     which ``GlowModel.fit`` always runs first, or by ``load_weights``). The init runs
     in cross-replica context, so under a strategy every replica gets identical
-    variables; uint8 images get the Trainer's init noise.
+    variables; uint8 images get the Trainer's init noise. With several workers, give
+    every worker the same deterministic data (as the Trainer does), so all agree.
 
     Args:
       data: a ``tf.data.Dataset`` of batches of uint8 images or ``(images, labels)``
@@ -177,6 +178,7 @@ class SampleGrids(tf_keras.callbacks.Callback):
         png: bool = True,
     ):
         super().__init__()
+        self._supports_tf_logs = True  # reads no logs: Keras need not copy them to NumPy for this callback
         self.log_dir = os.fspath(log_dir)
         self.temperatures = [_validate.number(t, "every temperature", 0.0) for t in temperatures]
         if not self.temperatures:
@@ -205,10 +207,10 @@ class SampleGrids(tf_keras.callbacks.Callback):
         """Writes the grids at the current step; returns the PNG paths (none on other workers)."""
         model = _glow_model(self)
         step = int(model.step.numpy())
-        if step == self._last_step:  # the epoch and step cadences met at this step
-            return []
+        if step == self._last_step or not distribute.is_chief(model.distribute_strategy):
+            return []  # the epoch and step cadences met at this step, or another worker writes
         if self._writers is None:
-            self._writers = summaries.RunWriters(self.log_dir, enabled=distribute.is_chief(model.distribute_strategy))
+            self._writers = summaries.RunWriters(self.log_dir)
         paths = self._writers.grids(self.grids(), step, png=self.png)
         self._last_step = step
         self.paths += paths

@@ -67,21 +67,17 @@ class GlowModel(tf_keras.Model):
     Trainer's Adamax with warm-up), and ``fit`` on batches of uint8 images or
     ``(images, labels)`` (labels are used only by a class-conditional Glow):
 
-    ============================  =========================================================
-    ``fit(ds, ...)``              logs ``loss``, ``bits_per_dim`` (``class_bits`` with the
-                                  classifier head) as epoch means over the applied
-                                  updates, and per step ``grad_norm`` and
-                                  ``nonfinite_in_a_row``
-    ``evaluate(ds)``              ``loss``, ``bits_per_dim`` (``class_bits``): means over
-                                  every image, eval noise as the Trainer's Evaluator
-    ``predict(ds)`` / ``model(x)``  ``{"latent_0": ..., "latent_{L-1}": ...}`` (the top
-                                  last), deterministic: uint8 images are encoded at their
-                                  bin midpoints, as the export's ``encode_deterministic``
-    ``decode(latents)``           uint8 images, the inverse of ``predict``
-    ``sample(n, temperature)``    uint8 images
-    ``initialize(images)``        the data-dependent init (see ``DataDependentInit``)
-    ``export(dir)``               the SavedModel of :func:`glow_tf.export.export_model`
-    ============================  =========================================================
+    * ``fit(ds, ...)`` logs ``loss`` and ``bits_per_dim`` (``class_bits`` with the
+      classifier head) as means over the epoch's applied updates, and the step's
+      ``grad_norm`` and ``nonfinite_in_a_row``;
+    * ``evaluate(ds)``: ``loss``, ``bits_per_dim`` (``class_bits``), means over every
+      image, with the Trainer's eval noise;
+    * ``predict(ds)`` / ``model(images)`` / :meth:`encode`: ``{"latent_0": ...,
+      "latent_{L-1}": ...}`` (the top last), deterministic: uint8 images are encoded at
+      their bin midpoints, as the export's ``encode_deterministic``;
+    * :meth:`decode` (uint8 images, the inverse of ``predict``), :meth:`sample` (uint8),
+      :meth:`initialize` (the data-dependent init, see ``DataDependentInit``) and
+      :meth:`export` (the SavedModel of :func:`glow_tf.export.export_model`).
 
     Weights are saved with ``save_weights`` / ``ModelCheckpoint(save_weights_only=True)``
     in the TensorFlow checkpoint format (the Glow's variables, :attr:`step`, and the
@@ -105,7 +101,7 @@ class GlowModel(tf_keras.Model):
             raise TypeError(f"GlowModel wraps a glow_tf.Glow, got {type(glow).__name__}.")
         super().__init__(name=name)
         strategy = self.distribute_strategy
-        if not all(strategy.extended.variable_created_in_scope(v) for v in glow.variables[:1]):
+        if not strategy.extended.variable_created_in_scope(glow.variables[0]):
             raise ValueError(
                 "The Glow was built outside the tf.distribute strategy scope this GlowModel is built in; build both "
                 "inside the same `with strategy.scope():`."
