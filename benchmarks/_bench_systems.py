@@ -28,6 +28,7 @@ __all__ = [
     "RunOptions",
     "SystemFns",
     "System",
+    "trainer_config",
     "CONFIGS",
     "SYSTEMS",
     "JIT_SYSTEMS",
@@ -281,6 +282,29 @@ def build_tfb_glow(config: BenchConfig, options: RunOptions, jit: bool, images) 
     return SystemFns(train, sample, evaluate, _bits_per_dim_fn(config), info), init_s
 
 
+def trainer_config(config: BenchConfig, options: RunOptions, compute_dtype: str = "float32", batch_shards: int = 0):
+    """The training config of :func:`build_glow_tf_trainer`: the benchmark's model size, batch and seed on digits.
+
+    ``config_lib.default_config()`` with digits resized to the image shape, affine coupling,
+    LU 1x1 convolutions, a learned top prior, no EMA.
+    """
+    from glow_tf import config_lib
+
+    height, width, channels = config.image_shape
+    if height != width:
+        raise NotImplementedError("glow_tf_trainer needs square images.")
+    cfg = config_lib.default_config()
+    cfg.seed = options.seed
+    cfg.data.name, cfg.data.image_size, cfg.data.channels = "digits", height, channels
+    cfg.model.num_levels, cfg.model.num_steps = config.num_levels, config.num_steps
+    cfg.model.hidden_width, cfg.model.coupling = config.hidden_width, "affine"
+    cfg.model.permutation, cfg.model.lu_decomposed, cfg.model.learn_top = "invconv", True, True
+    cfg.train.batch_size = cfg.train.n_init = config.batch_size
+    cfg.optim.ema_decay = 0.0
+    cfg.model.compute_dtype, cfg.train.batch_shards = compute_dtype, batch_shards
+    return cfg
+
+
 def build_glow_tf_trainer(
     config: BenchConfig, options: RunOptions, jit: bool, images, compute_dtype: str = "float32", batch_shards: int = 0
 ) -> tuple[SystemFns, float]:
@@ -301,22 +325,11 @@ def build_glow_tf_trainer(
 
     import tensorflow as tf
 
-    from glow_tf import config_lib, train_lib
+    from glow_tf import train_lib
 
     if jit:
         raise NotImplementedError("glow_tf_trainer has no XLA variant.")
-    height, width, channels = config.image_shape
-    if height != width:
-        raise NotImplementedError("glow_tf_trainer needs square images.")
-    cfg = config_lib.default_config()
-    cfg.seed = options.seed
-    cfg.data.name, cfg.data.image_size, cfg.data.channels = "digits", height, channels
-    cfg.model.num_levels, cfg.model.num_steps = config.num_levels, config.num_steps
-    cfg.model.hidden_width, cfg.model.coupling = config.hidden_width, "affine"
-    cfg.model.permutation, cfg.model.lu_decomposed, cfg.model.learn_top = "invconv", True, True
-    cfg.train.batch_size = cfg.train.n_init = config.batch_size
-    cfg.optim.ema_decay = 0.0
-    cfg.model.compute_dtype, cfg.train.batch_shards = compute_dtype, batch_shards
+    cfg = trainer_config(config, options, compute_dtype, batch_shards)
     trainer = train_lib.Trainer(cfg, tempfile.mkdtemp(prefix="bench_trainer_"))
     init_start = time.perf_counter()
     trainer.initialize()
