@@ -18,6 +18,9 @@ import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# glow_tf trains with tf_keras (Keras 2): with tf.keras pointing there too, TensorFlow skips importing Keras 3
+# (and the matplotlib and scikit-learn modules it pulls in), about 1 s and 90 MiB less at start-up.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

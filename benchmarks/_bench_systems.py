@@ -105,6 +105,7 @@ def _import_tf(threads: int, one_thread_per_op: bool = False):
     (:func:`glow_tf.parallelism.configure_cpu_threads`: intra-op 1, inter-op ``threads``).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py: TensorFlow then skips importing Keras 3
     import tensorflow as tf
 
     if one_thread_per_op:

@@ -19,6 +19,7 @@ Not a test; compare only numbers from one run (the machine may be shared).
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
 
 import json  # noqa: E402
 import shutil  # noqa: E402

@@ -25,6 +25,7 @@ the figure in docs/ood_mnist_hist.png. Not a test; the machine may be shared.
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402

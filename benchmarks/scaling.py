@@ -1,7 +1,8 @@
-"""Step time and memory of the real training step as the model grows, with and without gradient checkpointing.
+"""Step time and memory of the real training step as the model grows, for each backprop mode.
 
     python benchmarks/scaling.py                       # the README's scaling table (~6 min on 2 cores)
-    python benchmarks/scaling.py --grid=checkpointing  # 64x64, L=3, K=16, width 128: checkpointing off / on
+    python benchmarks/scaling.py --grid=backprop       # standard / checkpointing / reversible at 64x64 and
+                                                       # 128x128, K=8 and K=32 (the README's memory table)
 
 Each variant runs in its own process, set up as ``train.py`` does
 (``glow_tf.parallelism``: one thread per op, one batch shard per core):
@@ -18,6 +19,7 @@ are noisy (the memory figures are not).
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
 
 import json  # noqa: E402
 import subprocess  # noqa: E402
@@ -30,11 +32,13 @@ from absl import app, flags  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-BASE = dict(image_size=32, levels=3, steps=8, width=128, batch=16, checkpointing=False)
+BASE = dict(image_size=32, levels=3, steps=8, width=128, batch=16, backprop="standard")
 GRIDS = {
-    "checkpointing": [
-        dict(BASE, image_size=64, steps=16),
-        dict(BASE, image_size=64, steps=16, checkpointing=True),
+    "backprop": [
+        dict(BASE, image_size=size, steps=steps, backprop=mode)
+        for size in (64, 128)
+        for steps in (8, 32)
+        for mode in ("standard", "checkpointing", "reversible")
     ],
     "scaling": [
         BASE,
@@ -44,9 +48,12 @@ GRIDS = {
         dict(BASE, steps=32),
         dict(BASE, width=256),
         dict(BASE, width=512),
-        dict(BASE, checkpointing=True),
-        dict(BASE, image_size=64, checkpointing=True),
-        dict(BASE, image_size=128, checkpointing=True),
+        dict(BASE, backprop="checkpointing"),
+        dict(BASE, image_size=64, backprop="checkpointing"),
+        dict(BASE, image_size=128, backprop="checkpointing"),
+        dict(BASE, backprop="reversible"),
+        dict(BASE, image_size=64, backprop="reversible"),
+        dict(BASE, image_size=128, backprop="reversible"),
     ],
 }
 
@@ -82,7 +89,7 @@ def _child(variant: dict) -> dict:
     config.model.lu_decomposed = True
     config.model.learn_top = True
     config.train.batch_size = config.train.n_init = variant["batch"]
-    config.train.gradient_checkpointing = variant["checkpointing"]
+    config.train.backprop = variant["backprop"]
     with tempfile.TemporaryDirectory() as workdir:
         trainer = train_lib.Trainer(config, workdir)
         trainer.initialize()
@@ -100,7 +107,7 @@ def _child(variant: dict) -> dict:
         peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
     return {
         **variant,
-        "model_attribute": bool(trainer.model.gradient_checkpointing),
+        "model_attribute": trainer.model.backprop,
         "batch_shards": trainer.model.batch_shards,
         "step_peak_mib": (peak - before) / 2**20,
         "resident_before_step_mib": before / 2**20,
@@ -127,7 +134,7 @@ def main(argv):
         print(json.dumps(_child(json.loads(FLAGS._child))))
         return
     print(f"Training step (Trainer.train_step), CPU, {os.cpu_count()} cores; affine, LU 1x1 conv, learned top prior")
-    header = f"{'image':>9} {'L':>2} {'K':>3} {'width':>5} {'batch':>5} {'ckpt':>4} {'s/step':>7} {'img/s':>6} "
+    header = f"{'image':>9} {'L':>2} {'K':>3} {'width':>5} {'batch':>5} {'backprop':>13} {'s/step':>7} {'img/s':>6} "
     print(header + f"{'step peak MiB':>13} {'RSS MiB':>8} {'1st step s':>10}")
     rows = []
     for variant in GRIDS[FLAGS.grid]:
@@ -136,7 +143,7 @@ def main(argv):
         size = f"{row['image_size']}x{row['image_size']}"
         print(
             f"{size:>9} {row['levels']:>2} {row['steps']:>3} {row['width']:>5} {row['batch']:>5} "
-            f"{'on' if row['checkpointing'] else 'off':>4} {row['seconds_per_step']:>7.3f} "
+            f"{row['backprop']:>13} {row['seconds_per_step']:>7.3f} "
             f"{row['batch'] / row['seconds_per_step']:>6.1f} {row['step_peak_mib']:>13.0f} "
             f"{row['process_peak_rss_mib']:>8.0f} {row['first_step_seconds']:>10.1f}",
             flush=True,

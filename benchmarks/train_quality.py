@@ -17,6 +17,7 @@ after, so compare only runs taken side by side.
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
 
 import json  # noqa: E402
 import platform  # noqa: E402

@@ -47,9 +47,23 @@ __all__ = ["BACKPROP_MODES", "FlowSteps"]
 BACKPROP_MODES = ("standard", "checkpointing", "reversible")
 
 
-def _traced(fn):
-    """A ``tf.function`` of ``fn`` that the caller's graph calls instead of inlining (one copy for K calls)."""
-    return tf.function(fn, autograph=False, reduce_retracing=True, experimental_attributes={"_noinline": True})
+class _Traced:
+    """``fn`` as one ``tf.function`` that a caller's graph calls instead of inlining (one copy for K calls).
+
+    ``call(inline, ...)`` runs ``fn`` itself instead when ``inline`` (the caller's graph
+    then holds a copy per call: what XLA needs, as it recompiles a nested function's
+    gradient on every call) or when executing eagerly (a one-off eager call would pay
+    for tracing and optimising the function more than it saves).
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.traced = tf.function(
+            fn, autograph=False, reduce_retracing=True, experimental_attributes={"_noinline": True}
+        )
+
+    def call(self, inline: bool, *args):
+        return self.fn(*args) if inline or tf.executing_eagerly() else self.traced(*args)
 
 
 class FlowSteps:
@@ -64,10 +78,10 @@ class FlowSteps:
         self.steps = [list(step) for step in steps]
         self.template = self.steps[0]
         self._sizes = [len(layer.weights()) for layer in self.template]
-        self._encode_fn = _traced(self._encode_step)
-        self._decode_fn = _traced(self._decode_step)
-        self._vjp_fn = _traced(self._step_vjp)
-        self._reverse_vjp_fn = _traced(self._reverse_step_vjp)
+        self._encode_fn = _Traced(self._encode_step)
+        self._decode_fn = _Traced(self._decode_step)
+        self._vjp_fn = _Traced(self._step_vjp)
+        self._reverse_vjp_fn = _Traced(self._reverse_step_vjp)
 
     # ---------------------------------------------------------- one step's maths
     def step_weights(self, k: int) -> tuple[tf.Tensor, ...]:
@@ -117,28 +131,32 @@ class FlowSteps:
         return zs, dzs, tuple(g for dw in reversed(grads) for g in dw)
 
     # ------------------------------------------------------------ all K steps
-    def encode(self, xs: list, backprop: str = "standard") -> tuple[list, list]:
+    def encode(self, xs: list, backprop: str = "standard", inline: bool = False) -> tuple[list, list]:
         """Every step on every slice: ``(zs, [B] log-dets summed over the steps)``.
 
-        Inside ``nn.data_dependent_init()`` each layer runs eagerly on its own
-        variables and initialises its actnorms (the whole batch is one slice).
+        ``inline`` traces every step into the caller's graph instead of calling the
+        level's one traced step (for XLA). Inside ``nn.data_dependent_init()`` each
+        layer runs eagerly on its own variables and initialises its actnorms (the
+        whole batch is one slice).
         """
         if nn.in_data_dependent_init():
             return self._initialize(xs)
         weights = [self.step_weights(k) for k in range(len(self.steps))]
         if backprop == "reversible":
-            return self._reversible(xs, weights)
-        step = self._checkpointed if backprop == "checkpointing" else self._encode_fn
+            return self._reversible(xs, weights, inline)
         totals = [tf.zeros(tf.shape(x)[:1], x.dtype) for x in xs]
         for w in weights:
-            xs, lds = step(xs, w)
+            if backprop == "checkpointing":
+                xs, lds = self._checkpointed(xs, w, inline)
+            else:
+                xs, lds = self._encode_fn.call(inline, xs, w)
             totals = [t + ld for t, ld in zip(totals, lds)]
         return xs, totals
 
-    def decode(self, zs: list) -> list:
+    def decode(self, zs: list, inline: bool = False) -> list:
         """The exact inverse of :meth:`encode` on every slice."""
         for k in reversed(range(len(self.steps))):
-            zs = self._decode_fn(zs, self.step_weights(k))
+            zs = self._decode_fn.call(inline, zs, self.step_weights(k))
         return zs
 
     def _initialize(self, xs: list) -> tuple[list, list]:
@@ -150,19 +168,19 @@ class FlowSteps:
                 totals = [t + ld for t, (_, ld) in zip(totals, outs)]
         return xs, totals
 
-    def _checkpointed(self, xs: list, weights: tuple) -> tuple[list, list]:
+    def _checkpointed(self, xs: list, weights: tuple, inline: bool) -> tuple[list, list]:
         """One step that keeps only its input for the backward pass."""
         n = len(xs)
 
         @tf.custom_gradient
         def step(*flat):
             inputs = list(flat[:n])
-            zs, lds = self._encode_fn(inputs, tuple(flat[n:]))
+            zs, lds = self._encode_fn.call(inline, inputs, tuple(flat[n:]))
             outputs = [*zs, *lds]
 
             def grad(*upstream):
                 upstream = zeros_for_none(upstream, outputs)
-                dxs, dweights = self._vjp_fn(inputs, tuple(flat[n:]), upstream[:n], upstream[n:])
+                dxs, dweights = self._vjp_fn.call(inline, inputs, tuple(flat[n:]), upstream[:n], upstream[n:])
                 return [*dxs, *dweights]
 
             return outputs, grad
@@ -170,7 +188,7 @@ class FlowSteps:
         out = step(*xs, *weights)
         return list(out[:n]), list(out[n:])
 
-    def _reversible(self, xs: list, weights: list[tuple]) -> tuple[list, list]:
+    def _reversible(self, xs: list, weights: list[tuple], inline: bool) -> tuple[list, list]:
         """All steps as one operation whose backward pass rebuilds every step's input."""
         n, size = len(xs), len(weights[0])
 
@@ -180,7 +198,7 @@ class FlowSteps:
             zs = list(flat[:n])
             totals = [tf.zeros(tf.shape(x)[:1], x.dtype) for x in zs]
             for w in steps:
-                zs, lds = self._encode_fn(zs, w)
+                zs, lds = self._encode_fn.call(inline, zs, w)
                 totals = [t + ld for t, ld in zip(totals, lds)]
             outputs = [*zs, *totals]
 
@@ -189,7 +207,7 @@ class FlowSteps:
                 ys, dys, dlds = zs, upstream[:n], upstream[n:]
                 dweights = []
                 for w in reversed(steps):
-                    ys, dys, dw = self._reverse_vjp_fn(ys, w, dys, dlds)
+                    ys, dys, dw = self._reverse_vjp_fn.call(inline, ys, w, dys, dlds)
                     dweights.append(dw)
                 return [*dys, *(g for dw in reversed(dweights) for g in dw)]
 

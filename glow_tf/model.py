@@ -157,6 +157,12 @@ class Glow(tf.Module):
         bfloat16 while the flow maths, log-determinants and priors stay in ``dtype``.
       name: module name.
 
+    Attributes besides the arguments: ``step_functions`` (default True) runs each
+    level's flow steps as one traced function called with every step's weights
+    (:mod:`glow_tf.flow`); set it to False before tracing a function compiled with
+    XLA, which would otherwise recompile the nested functions' gradients on every
+    call (the Trainer does this under ``train.jit_compile``).
+
     Raises:
       ValueError: naming any argument outside its valid range.
     """
@@ -217,6 +223,9 @@ class Glow(tf.Module):
                 raise ValueError(f"gradient_checkpointing=True contradicts backprop={backprop!r}; pass one of them.")
             self.backprop = backprop
         self.batch_shards = batch_shards
+        # One traced function per level for all its flow steps (glow_tf.flow); False traces every step into
+        # the caller's graph, which XLA needs (it recompiles a nested function's gradient on every call).
+        self.step_functions = True
 
         rng = np.random.default_rng(seed)
         levels, latent_shapes = [], []
@@ -436,7 +445,7 @@ class Glow(tf.Module):
         latents, flow_terms, prior_log_dets = [], [], []
         for level in self.levels:
             xs = [squeeze2d(x, level.squeeze.factor) for x in xs]  # volume preserving
-            xs, level_log_dets = level.flow.encode(xs, self.backprop)
+            xs, level_log_dets = level.flow.encode(xs, self.backprop, inline=not self.step_functions)
             totals = [t + ld for t, ld in zip(totals, level_log_dets)]
             flow_terms.append(level_log_dets)
             if level.split_prior is not None:
@@ -477,7 +486,7 @@ class Glow(tf.Module):
                 split = level.split_prior
                 prepared = split.prepare(split.weights(), zs[0].shape[-3:], decode=True)
                 zs = [split.decode_with(prepared, z) for z in zs]
-            zs = level.flow.decode(zs)
+            zs = level.flow.decode(zs, inline=not self.step_functions)
             zs = [unsqueeze2d(z, level.squeeze.factor) for z in zs]
         return zs
 

@@ -21,6 +21,7 @@ import tensorflow as tf
 import tf_keras
 
 __all__ = [
+    "apply_adamax",
     "LinearWarmup",
     "make_optimizer",
     "create_slots",
@@ -77,6 +78,59 @@ def create_slots(optimizer: tf_keras.optimizers.legacy.Optimizer, variables: Seq
     restore fills them directly instead of deferring.
     """
     optimizer._create_all_weights(list(variables))  # the legacy OptimizerV2 hook its apply_gradients uses
+
+
+def apply_adamax(
+    optimizer: tf_keras.optimizers.legacy.Adamax,
+    grads: Sequence,
+    variables: Sequence[tf.Variable],
+    apply: tf.Tensor,
+    strategy: tf.distribute.Strategy | None = None,
+) -> None:
+    """One Adamax update of every variable when ``apply``, and none at all otherwise, without a ``tf.cond``.
+
+    The same update as ``optimizer.apply_gradients`` (its ``ApplyAdaMax`` kernel, slots
+    ``m``/``v``, learning-rate schedule of ``iterations`` and bias correction
+    ``1 - beta1^t``); a skipped update runs the kernel with ``beta1 = beta2 = 1``, a
+    zero gradient and a zero learning rate, which leaves the variable and both slots
+    unchanged, and ``iterations`` does not advance. Without a branch, the training
+    step's graph holds one update per variable instead of a conditional function
+    capturing every variable, gradient and slot (seconds of tracing and graph
+    optimisation at paper depth).
+
+    Args:
+      optimizer: the ``make_optimizer`` Adamax (its slots created, see ``create_slots``).
+      grads: gradients, one per variable (per-replica values under a strategy).
+      variables: the variables.
+      apply: boolean scalar: update, or leave everything as it is.
+      strategy: the strategy the variables live in (default: the current one).
+
+    Call in cross-replica context.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    dtype = variables[0].dtype.base_dtype
+    step = tf.cast(optimizer.iterations + 1, dtype)
+    beta1, beta2 = tf.cast(optimizer.beta_1, dtype), tf.cast(optimizer.beta_2, dtype)
+    learning_rate = optimizer.learning_rate
+    if callable(learning_rate):
+        learning_rate = learning_rate(optimizer.iterations)
+    one = tf.ones([], dtype)
+    hyper = dict(
+        beta1_power=tf.pow(beta1, step),
+        lr=tf.where(apply, tf.cast(learning_rate, dtype), tf.zeros([], dtype)),
+        beta1=tf.where(apply, beta1, one),
+        beta2=tf.where(apply, beta2, one),
+        epsilon=tf.cast(optimizer.epsilon, dtype),
+    )
+
+    def update(var, grad):  # per device: the local copy of the variable, its slots and gradient
+        grad = tf.where(apply, grad, tf.zeros([], grad.dtype))  # a non-finite gradient must not reach the slots
+        m, v = optimizer.get_slot(var, "m"), optimizer.get_slot(var, "v")
+        return tf.raw_ops.ResourceApplyAdaMax(var=var.handle, m=m.handle, v=v.handle, grad=grad, **hyper)
+
+    for var, grad in zip(variables, grads):
+        strategy.extended.update(var, update, args=(grad,), group=False)
+    optimizer.iterations.assign_add(tf.cast(apply, optimizer.iterations.dtype))
 
 
 def guard_gradients(
@@ -138,10 +192,15 @@ class ExponentialMovingAverage(tf.Module):
                 avg.assign(var.read_value())
             self.num_updates.assign(0)
 
-    def update(self) -> None:
-        """One averaging step; call in cross-replica context (inside or outside tf.function)."""
+    def update(self, apply: tf.Tensor | bool = True) -> None:
+        """One averaging step (none when ``apply`` is False); call in cross-replica context.
+
+        ``apply`` may be a boolean tensor: a skipped step averages with decay 1 (no
+        change) instead of branching, so the training step needs no ``tf.cond``.
+        """
+        apply = tf.convert_to_tensor(apply)
         n = tf.cast(self.num_updates, tf.float32)
-        decay = tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
+        decay = tf.where(apply, tf.minimum(self.decay, (1.0 + n) / (10.0 + n)), 1.0)
 
         def average(avg, var):  # per device: the local copies of both
             return avg.assign(decay * avg + (1.0 - decay) * var, read_value=False)
@@ -149,7 +208,7 @@ class ExponentialMovingAverage(tf.Module):
         with self._strategy.scope():
             for avg, var in zip(self.averages, self._variables()):
                 self._strategy.extended.update(avg, average, args=(var,))
-            self.num_updates.assign_add(1)
+            self.num_updates.assign_add(tf.cast(apply, tf.int64))
 
     def swap(self) -> None:
         """Exchanges the values of the variables and their averages (twice restores both)."""

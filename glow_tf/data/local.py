@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import struct
@@ -21,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from glow_tf.data import transforms
-from glow_tf.data.config import DataSpec
+from glow_tf.data.config import DatasetUnavailableError, DataSpec
 from glow_tf.data.sources import ArraySource, FileSource
 
 __all__ = [
@@ -78,13 +79,23 @@ def _fit_arrays(images: np.ndarray, spec: DataSpec, chunk: int = 4096) -> np.nda
 
 
 # ----------------------------------------------------------------------------- digits
+def _digits_file() -> str:
+    """scikit-learn's bundled ``datasets/data/digits.csv.gz``, found without importing scikit-learn.
+
+    (``sklearn.datasets.load_digits`` reads the same file; importing ``sklearn.datasets``
+    costs about 100 MiB of memory.)
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetUnavailableError("data.name='digits' needs scikit-learn (pip install scikit-learn).")
+    return os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+
+
 @functools.lru_cache(maxsize=1)
 def _digits_uint8() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits  # bundled with scikit-learn: no network
-
-    digits = load_digits()
-    images = np.floor(digits.images * (255.0 / 16.0) + 0.5).astype(np.uint8)[..., np.newaxis]
-    return images, digits.target.astype(np.int32)
+    table = np.loadtxt(_digits_file(), delimiter=",")  # 1,797 rows: 64 grey levels 0..16, then the label
+    images = np.floor(table[:, :64].reshape(-1, 8, 8) * (255.0 / 16.0) + 0.5).astype(np.uint8)[..., np.newaxis]
+    return images, table[:, 64].astype(np.int32)
 
 
 @functools.lru_cache(maxsize=4)
