@@ -8,9 +8,11 @@ caller) and calls it ``K`` times with each step's weights. The graph of a traini
 step then holds one copy of a step's ops per level, not ``K`` per batch slice, which
 is what makes tracing, graph optimisation and the first step fast at paper depths.
 
-The batch arrives as a list of slices (``Glow.batch_shards``); each step computes its
-batch-independent tensors (folded kernels, ``W``, log-dets) once and applies them to
-every slice.
+The batch arrives as a list of slices (``Glow.batch_shards``). Each slice runs its own
+chain of step calls, so the slices never wait for each other between steps (a call's
+outputs exist only once the whole call is done); each call computes the step's
+batch-independent tensors (folded kernels, ``W``, log-dets) itself, which costs
+little next to the convolutions.
 
 Gradients (``backprop``):
 
@@ -142,6 +144,10 @@ class FlowSteps:
         if nn.in_data_dependent_init():
             return self._initialize(xs)
         weights = [self.step_weights(k) for k in range(len(self.steps))]
+        outs = [self._encode_slice([x], weights, backprop, inline) for x in xs]
+        return [z for (z,), _ in outs], [ld for _, (ld,) in outs]
+
+    def _encode_slice(self, xs: list, weights: list[tuple], backprop: str, inline: bool) -> tuple[list, list]:
         if backprop == "reversible":
             return self._reversible(xs, weights, inline)
         totals = [tf.zeros(tf.shape(x)[:1], x.dtype) for x in xs]
@@ -155,9 +161,12 @@ class FlowSteps:
 
     def decode(self, zs: list, inline: bool = False) -> list:
         """The exact inverse of :meth:`encode` on every slice."""
-        for k in reversed(range(len(self.steps))):
-            zs = self._decode_fn.call(inline, zs, self.step_weights(k))
-        return zs
+        out = []
+        for z in zs:
+            for k in reversed(range(len(self.steps))):
+                (z,) = self._decode_fn.call(inline, [z], self.step_weights(k))
+            out.append(z)
+        return out
 
     def _initialize(self, xs: list) -> tuple[list, list]:
         totals = [tf.zeros(tf.shape(x)[:1], x.dtype) for x in xs]
