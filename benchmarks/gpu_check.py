@@ -1,7 +1,7 @@
 """The GPU check: training and sampling speed, and memory per image, on one GPU in a few minutes.
 
     python benchmarks/gpu_check.py                  # on a machine whose TensorFlow sees a GPU (<= ~6 min)
-    python benchmarks/gpu_check.py --smoke          # tiny sizes on the CPU, seconds: checks the script itself
+    python benchmarks/gpu_check.py --smoke          # tiny sizes on the CPU, ~1-2 min: checks the script itself
 
 Measures, with ``glow_tf.train_lib.Trainer.train_step`` (the real training step, on
 scikit-learn digits resized to the image size: no download) and ``Glow.sample``:
@@ -59,6 +59,8 @@ SMOKE_SIZES = {
     "celebahq256": dict(image=16, levels=3, steps=3, width=8, batch=2, coupling="additive", bits=5),
 }
 DTYPES = ("float32", "bfloat16", "float16")
+# XLA compiles take ~15 s each on a CPU: the smoke run compiles at one size only.
+SMOKE_XLA = "smoke run: XLA is checked at bench-32 only"
 BACKPROP = ("standard", "checkpointing", "reversible")
 
 
@@ -273,6 +275,9 @@ def main(argv):
         for dtype in DTYPES:
             for jit in (False, True):
                 variant = f"{dtype}{' xla' if jit else ''}"
+                if jit and FLAGS.smoke and size_name != "bench-32":
+                    rows.append({"system": "glow_tf", "size": size_name, "variant": variant, "skipped": SMOKE_XLA})
+                    continue
                 _run(rows, budget, "glow_tf", size_name, variant, measure_glow_tf, sizes[size_name], steps, dtype, jit,
                      estimate=estimate * (2 if jit else 1))  # fmt: skip
     for backprop in BACKPROP:

@@ -1,0 +1,93 @@
+"""Time to the first call of every entry point a user starts: train step, sample, encode, export.
+
+    python benchmarks/first_calls.py --config=bench-32
+    python benchmarks/first_calls.py --config=paper-width
+
+Each entry point's first call pays for tracing and graph optimisation, and each
+``train.py`` start, resume, eval run and sample/export tool pays it again. One process
+per config, set up as ``train.py`` (``glow_tf.parallelism``: one thread per op, one
+batch shard per core): the Trainer of ``benchmarks/bench_model.py`` (``trainer_config``:
+the config's model on scikit-learn digits), then, each timed from its first call to
+its result:
+
+* ``Trainer.train_step`` (one batch);
+* ``Glow.sample`` in a ``tf.function`` (16 images at T=0.7);
+* ``Glow.encode`` in a ``tf.function`` (the batch);
+* ``glow_tf.export.export_model`` (every SavedModel signature traced and written).
+
+Construction (strategy, dataset, summary writers) and the data-dependent init are
+reported apart. Prints one line per entry point and writes
+``benchmarks/results/first_calls-<config>-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
+
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
+
+import _bench_systems  # noqa: E402
+
+flags.DEFINE_enum("config", "bench-32", sorted(_bench_systems.CONFIGS), "Model size (as bench_model.py).")
+flags.DEFINE_string("compute_dtype", "float32", "config.model.compute_dtype.")
+flags.DEFINE_string("out", "", "JSON path (default benchmarks/results/first_calls-<config>-<time>.json).")
+FLAGS = flags.FLAGS
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def main(argv):
+    del argv
+    from glow_tf import parallelism
+
+    parallelism.configure_cpu_threads()
+    import tensorflow as tf
+
+    import glow_tf
+    from glow_tf import export, train_lib
+
+    bench = _bench_systems.CONFIGS[FLAGS.config]
+    config = _bench_systems.trainer_config(bench, _bench_systems.RunOptions(), FLAGS.compute_dtype)
+    result = {"config": FLAGS.config, "compute_dtype": FLAGS.compute_dtype, "seconds": {}}
+    seconds = result["seconds"]
+    with tempfile.TemporaryDirectory() as workdir:
+        seconds["construction"], trainer = _timed(lambda: train_lib.Trainer(config, workdir))
+        seconds["data_dependent_init"], _ = _timed(trainer.initialize)
+        batch = next(iter(trainer.make_dataset(0)))
+        seconds["first_train_step"], _ = _timed(lambda: float(trainer.train_step(batch)["loss"]))
+        model = trainer.model
+        sample = tf.function(lambda: model.sample(16, 0.7))
+        seconds["first_sample"], _ = _timed(lambda: sample().numpy())
+        images = trainer.strategy.experimental_local_results(batch[0])[0]
+        x = glow_tf.preprocess(images, config.data.n_bits)
+        encode = tf.function(model.encode)
+        seconds["first_encode"], _ = _timed(lambda: [z.numpy() for z in encode(x)])
+        seconds["export"], _ = _timed(lambda: export.export_model(model, os.path.join(workdir, "export")))
+    result["batch_shards"] = model.batch_shards
+    for name, value in seconds.items():
+        print(f"{FLAGS.config:<12} {name:<22} {value:6.1f} s")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = FLAGS.out or os.path.join(REPO, "benchmarks", "results", f"first_calls-{FLAGS.config}-{stamp}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
