@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import resource
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import _harness
 
 __all__ = [
     "BenchConfig",
@@ -92,20 +92,14 @@ class SystemFns:
 
 
 # --------------------------------------------------------------------------- helpers
-def _peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (Linux ``ru_maxrss`` is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _import_tf(threads: int, one_thread_per_op: bool = False):
     """Imports TensorFlow quietly and sets its thread pools.
 
     By default both pools get ``threads`` (TensorFlow's usual set-up, pinned).
     ``one_thread_per_op`` applies glow_tf's CPU set-up instead
     (:func:`glow_tf.parallelism.configure_cpu_threads`: intra-op 1, inter-op ``threads``).
+    TensorFlow's environment is ``_harness``'s (quiet, no Keras 3), set when this module is imported.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py: TensorFlow then skips importing Keras 3
     import tensorflow as tf
 
     if one_thread_per_op:
@@ -458,7 +452,7 @@ def _measure_phases(fns: SystemFns, x, config: BenchConfig, steps: int) -> dict[
     train.call(timed=False, catch=False)  # the first step: tracing included
     for _ in range(config.warmup_steps):
         train.call(timed=False, catch=False)
-    rss_after_train = _peak_rss_mib()
+    rss_after_train = _harness.peak_rss_mib()
     for phase in (sample, evaluate):
         for _ in range(2):  # trace, then one warm-up call
             phase.call(timed=False, catch=True)
@@ -488,7 +482,7 @@ def measure(system: str, config: BenchConfig, options: RunOptions) -> dict[str, 
     tf = _import_tf(options.threads, spec.one_thread_per_op)
     builder, jit = spec.build, spec.jit
     images = _images(config, options.seed)
-    rss_after_import = _peak_rss_mib()
+    rss_after_import = _harness.peak_rss_mib()
     result: dict[str, Any] = {"system": system, "config": asdict(config), "jit_compile": jit}
     start = time.perf_counter()
     fns, init_s = builder(config, options, jit, images)
@@ -499,7 +493,7 @@ def measure(system: str, config: BenchConfig, options: RunOptions) -> dict[str, 
         init_s=init_s,
         time_to_first_step_s=construct_s + result["first_step_s"],
         time_to_first_step_incl_init_s=construct_s + init_s + result["first_step_s"],
-        peak_rss_mib=_peak_rss_mib(),
+        peak_rss_mib=_harness.peak_rss_mib(),
         rss_after_tf_import_mib=rss_after_import,
         info=fns.info,
         tf_version=tf.__version__,

@@ -14,36 +14,26 @@ fraction of it, with FLOPs counted analytically (see ``_bench_flops.METHOD``).
 
 Usage::
 
-    python benchmarks/bench_model.py                      # bench-32, glow_tf vs tfb_glow, 2 repeats
-    python benchmarks/bench_model.py --configs bench-32 paper-width --jit --repeats 1
-    python benchmarks/bench_model.py --systems glow_tf --steps 50
+    python benchmarks/bench_model.py                      # bench-32, the default systems, 2 repeats
+    python benchmarks/bench_model.py --configs=bench-32,paper-width --jit --repeats=1
+    python benchmarks/bench_model.py --systems=glow_tf --steps=50
 
-Writes ``benchmarks/results/bench_model-<timestamp>.json`` and prints a table.
+List flags take commas or spaces (``--systems glow_tf tfb_glow``). Writes
+``benchmarks/results/bench_model-<timestamp>.json`` and prints a table.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for _path in (str(HERE), str(ROOT)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from _bench_flops import METHOD, glow_flops  # noqa: E402
-from _bench_systems import CONFIGS, JIT_SYSTEMS, SYSTEMS, RunOptions, matmul_gflops, measure  # noqa: E402
+import _harness
+from _bench_flops import METHOD, glow_flops
+from _bench_systems import CONFIGS, JIT_SYSTEMS, SYSTEMS, RunOptions, matmul_gflops, measure
+from absl import flags
 
 DEFAULT_SYSTEMS = ("glow_tf_trainer", "glow_tf_trainer_bf16", "glow_tf", "tfb_glow", "torch_glow")
 PEERS = ("tfb_glow", "torch_glow")  # ratios are taken against systems whose names start with these
@@ -65,63 +55,50 @@ HIGHER_IS_BETTER = {
 }
 
 
-# ------------------------------------------------------------------ arguments
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags (the ``--_child*`` ones are internal)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=["bench-32"], choices=sorted(CONFIGS))
-    parser.add_argument(
-        "--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=sorted(SYSTEMS), help="systems to time"
-    )
-    parser.add_argument("--jit", action="store_true", help=f"also time {', '.join(JIT_SYSTEMS)}")
-    parser.add_argument("--steps", type=int, default=None, help="timed training steps (default: per config)")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every system")
-    parser.add_argument("--threads", type=int, default=2, help="intra- and inter-op threads")
-    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON result")
-    parser.add_argument("--_child", help=argparse.SUPPRESS)
-    parser.add_argument("--_config", help=argparse.SUPPRESS)
-    parser.add_argument("--_result", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.threads < 1 or (args.steps is not None and args.steps < 1):
-        parser.error("--repeats, --threads and --steps must be positive")
-    if args.jit:
-        args.systems += [s for s in JIT_SYSTEMS if s not in args.systems]
-    return args
+# ------------------------------------------------------------------ flags
+_harness.choices(flags.DEFINE_list("configs", ["bench-32"], f"Configs, of {', '.join(CONFIGS)}."), sorted(CONFIGS))
+_harness.choices(
+    flags.DEFINE_list("systems", list(DEFAULT_SYSTEMS), f"Systems to time, of {', '.join(SYSTEMS)}."), sorted(SYSTEMS)
+)
+flags.DEFINE_bool("jit", False, f"Also time {', '.join(JIT_SYSTEMS)}.")
+flags.DEFINE_integer("steps", None, "Timed training steps (default: per config).", lower_bound=1)
+flags.DEFINE_integer("repeats", 2, "Interleaved repeats of every system.", lower_bound=1)
+flags.DEFINE_integer("threads", 2, "Intra- and inter-op threads.", lower_bound=1)
+flags.DEFINE_string("out", _harness.RESULTS, "Folder for the JSON result.")
+_harness.define_child_flags()
+FLAGS = flags.FLAGS
+
+
+def _systems() -> list[str]:
+    """``--systems``, plus the XLA systems with ``--jit``."""
+    systems = list(FLAGS.systems)
+    if FLAGS.jit:
+        systems += [s for s in JIT_SYSTEMS if s not in systems]
+    return systems
 
 
 # ------------------------------------------------------------------ child side
-def child_main(args: argparse.Namespace) -> None:
-    """Runs one measurement in this process and writes its JSON to ``args._result``."""
-    options = RunOptions(threads=args.threads, steps=args.steps)
-    if args._child == "matmul":
-        result = matmul_gflops(args.threads)
+def child_main(job: dict[str, str]) -> None:
+    """Runs one measurement (``job``: what and config) in this process and hands its JSON to the parent."""
+    options = RunOptions(threads=FLAGS.threads, steps=FLAGS.steps)
+    if job["what"] == "matmul":
+        result = matmul_gflops(FLAGS.threads)
     else:
-        result = measure(args._child, CONFIGS[args._config], options)
-    Path(args._result).write_text(json.dumps(result))
+        result = measure(job["what"], CONFIGS[job["config"]], options)
+    _harness.write_child_result(result)
 
 
 # ------------------------------------------------------------------ parent side
-def run_child(what: str, config: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_child(what: str, config: str) -> dict[str, Any]:
     """Runs ``what`` (a system or ``'matmul'``) in a fresh Python process."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", what, "--_config", config]
-        cmd += ["--_result", str(out), "--threads", str(args.threads)]
-        if args.steps is not None:
-            cmd += ["--steps", str(args.steps)]
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
-        load_before = os.getloadavg()[0]
-        start = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
-            returncode, stderr = proc.returncode, proc.stderr
-        except subprocess.TimeoutExpired as err:
-            returncode, stderr = -1, f"timed out after {CHILD_TIMEOUT_S} s: {err}"
-        wall_s = time.perf_counter() - start
-        if returncode == 0 and out.exists():
-            result = json.loads(out.read_text())
-        else:
-            result = {"error": f"exit {returncode}: {stderr[-2000:]}"}
+    args = [f"--threads={FLAGS.threads}"] + ([f"--steps={FLAGS.steps}"] if FLAGS.steps is not None else [])
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    try:
+        result = _harness.run_child(__file__, {"what": what, "config": config}, args, CHILD_TIMEOUT_S)
+    except _harness.ChildError as err:
+        result = {"error": str(err)}
+    wall_s = time.perf_counter() - start
     result.update(what=what, config_name=config, wall_s=wall_s, loadavg_1min_before=load_before)
     return result
 
@@ -259,61 +236,49 @@ def print_table(config: str, summary: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------ main
-def _machine() -> dict[str, Any]:
-    info = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
-    try:
-        import psutil
-
-        info["memory_gib"] = psutil.virtual_memory().total / 2**30
-    except ImportError:
-        pass
-    return info
-
-
-def run_config(config: str, args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+def run_config(config: str, systems: list[str]) -> tuple[list[dict], list[dict]]:
     """Interleaved runs of every system for one config, with matmul runs before and after."""
-    matmuls, runs = [run_child("matmul", config, args)], []
-    for rep in range(args.repeats):
-        for system in args.systems:
-            print(f"[{config}] repeat {rep + 1}/{args.repeats}: {system} ...", flush=True)
-            result = run_child(system, config, args)
+    matmuls, runs = [run_child("matmul", config)], []
+    for rep in range(FLAGS.repeats):
+        for system in systems:
+            print(f"[{config}] repeat {rep + 1}/{FLAGS.repeats}: {system} ...", flush=True)
+            result = run_child(system, config)
             result["repeat"] = rep
             runs.append(result)
             train = _get(result, "train_images_per_s")
             print(f"    train {_fmt(train, '.1f')} img/s, wall {result['wall_s']:.0f} s", flush=True)
-    matmuls.append(run_child("matmul", config, args))
+    matmuls.append(run_child("matmul", config))
     return runs, matmuls
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main() -> dict[str, Any]:
     """Runs the benchmark (or, with ``--_child``, one measurement) and writes the JSON."""
-    args = parse_args(argv)
-    if args._child:
-        child_main(args)
+    job = _harness.child_job()
+    if job is not None:
+        child_main(job)
         return {}
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    systems = _systems()
+    stamp = _harness.timestamp()
     report: dict[str, Any] = {
         "timestamp": stamp,
-        "argv": sys.argv[1:] if argv is None else argv,
-        "machine": _machine(),
+        "argv": sys.argv[1:],
+        "machine": _harness.machine_info(),
         "loadavg_start": os.getloadavg(),
         "caveat": "Absolute numbers depend on other load on the machine; compare the paired ratios.",
         "configs": {},
     }
     start = time.perf_counter()
-    for config in args.configs:
-        runs, matmuls = run_config(config, args)
-        summary = summarise(config, runs, matmuls, args.systems)
+    for config in FLAGS.configs:
+        runs, matmuls = run_config(config, systems)
+        summary = summarise(config, runs, matmuls, systems)
         report["configs"][config] = {"summary": summary, "runs": runs, "matmul": matmuls}
         print_table(config, summary)
     report.update(loadavg_end=os.getloadavg(), total_wall_s=time.perf_counter() - start)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench_model-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2))
+    path = _harness.write_json(report, _harness.result_path(f"bench_model-{stamp}", FLAGS.out))
     print(f"\nload average start/end: {report['loadavg_start'][0]:.2f} / {report['loadavg_end'][0]:.2f} (2 cores)")
     print(f"wrote {path} ({report['total_wall_s']:.0f} s)")
     return report
 
 
 if __name__ == "__main__":
-    main()
+    _harness.run(main)

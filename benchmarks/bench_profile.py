@@ -17,48 +17,37 @@ once, so the sum can exceed the step's wall time; shares are of the summed time.
 Usage::
 
     python benchmarks/bench_profile.py                  # train step, bench-32
-    python benchmarks/bench_profile.py --fn eval --top 20
+    python benchmarks/bench_profile.py --fn=eval --top=20
+
+Writes ``benchmarks/results/bench_profile-<fn>-<timestamp>.json`` and prints the tables.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
-import datetime as dt
 import glob
-import json
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-for _path in (str(HERE), str(HERE.parent)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from _bench_systems import CONFIGS, RunOptions, _images, _import_tf, build_glow_tf  # noqa: E402
+import _harness
+from _bench_systems import CONFIGS, RunOptions, _images, _import_tf, build_glow_tf
+from absl import flags
 
 _SKIP_PREFIXES = ("ThreadpoolListener", "ExecutorState")
 _CONV_TYPES = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "DepthwiseConv2dNative")
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="bench-32", choices=sorted(CONFIGS))
-    parser.add_argument("--fn", default="train", choices=["train", "eval", "sample"])
-    parser.add_argument("--steps", type=int, default=5, help="profiled steps")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before profiling")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--tf_threads", action="store_true", help="TF's default threading instead of glow_tf.parallelism's"
-    )
-    parser.add_argument("--top", type=int, default=25, help="rows per table")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    return parser.parse_args(argv)
+flags.DEFINE_enum("config", "bench-32", sorted(CONFIGS), "Benchmark config.")
+flags.DEFINE_enum("fn", "train", ["train", "eval", "sample"], "The step to profile.")
+flags.DEFINE_integer("steps", 5, "Profiled steps.")
+flags.DEFINE_integer("warmup", 5, "Untimed steps before profiling.")
+flags.DEFINE_integer("threads", 2, "CPU threads.")
+flags.DEFINE_bool("tf_threads", False, "TF's default threading instead of glow_tf.parallelism's.")
+flags.DEFINE_integer("top", 25, "Rows per table.")
+flags.DEFINE_string("out", _harness.RESULTS, "Folder for the JSON result.")
+FLAGS = flags.FLAGS
 
 
 # ------------------------------------------------------------------ graph shapes
@@ -211,16 +200,16 @@ def aggregate(events, described, steps: int) -> dict[str, list[dict[str, Any]]]:
 
 
 # ------------------------------------------------------------------ main
-def _build(args: argparse.Namespace):
+def _build():
     """The system's callables and the function to profile, with its argument."""
-    tf = _import_tf(args.threads, not args.tf_threads)
-    config = CONFIGS[args.config]
+    tf = _import_tf(FLAGS.threads, not FLAGS.tf_threads)
+    config = CONFIGS[FLAGS.config]
     images = _images(config, 0)
-    fns, _ = build_glow_tf(config, RunOptions(threads=args.threads), False, images)
+    fns, _ = build_glow_tf(config, RunOptions(threads=FLAGS.threads), False, images)
     x = tf.constant(images)
-    if args.fn == "train":
+    if FLAGS.fn == "train":
         return config, fns.train, (x,)
-    if args.fn == "eval":
+    if FLAGS.fn == "eval":
         return config, fns.evaluate, (x,)
     return config, fns.sample, ()
 
@@ -232,40 +221,39 @@ def _print(title: str, rows: list[dict[str, Any]], top: int) -> None:
         print(f"{row['ms_per_step']:9.2f}{100 * row['share']:6.1f}%{row['ops_per_step']:6.0f}  {row['key']}")
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main() -> dict[str, Any]:
     """Profiles the chosen function and prints / writes the breakdown."""
-    args = parse_args(argv)
     import tensorflow as tf
 
-    config, fn, fn_args = _build(args)
-    for _ in range(args.warmup):
+    config, fn, fn_args = _build()
+    for _ in range(FLAGS.warmup):
         _ = fn(*fn_args).numpy()
     wall = []
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
-        for _ in range(args.steps):
+        for _ in range(FLAGS.steps):
             start = time.perf_counter()
             _ = fn(*fn_args).numpy()
             wall.append(time.perf_counter() - start)
         tf.profiler.experimental.stop()
         events = read_op_events(logdir)
     graph = fn.get_concrete_function(*fn_args).graph
-    tables = aggregate(events, describe_ops(graph, config), args.steps)
+    tables = aggregate(events, describe_ops(graph, config), FLAGS.steps)
     wall_ms = 1000 * sorted(wall)[len(wall) // 2]
     summed = sum(r["ms_per_step"] for r in tables["op_type"])
     print(
-        f"{args.fn} step at {args.config}: median wall {wall_ms:.1f} ms (profiler on), summed op time {summed:.1f} ms"
+        f"{FLAGS.fn} step at {FLAGS.config}: median wall {wall_ms:.1f} ms (profiler on), summed op time {summed:.1f} ms"
     )
-    _print("by op type", tables["op_type"], args.top)
-    _print("by layer role and direction", tables["role"], args.top)
-    _print("by direction and level", tables["dir_level"], args.top)
-    report = {"config": args.config, "fn": args.fn, "wall_ms_median": wall_ms, "summed_op_ms": summed, **tables}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench_profile-{args.fn}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(report, indent=2))
+    _print("by op type", tables["op_type"], FLAGS.top)
+    _print("by layer role and direction", tables["role"], FLAGS.top)
+    _print("by direction and level", tables["dir_level"], FLAGS.top)
+    report = {"config": FLAGS.config, "fn": FLAGS.fn, "wall_ms_median": wall_ms, "summed_op_ms": summed, **tables}
+    path = _harness.write_json(
+        report, _harness.result_path(f"bench_profile-{FLAGS.fn}-{_harness.timestamp()}", FLAGS.out)
+    )
     print(f"\nwrote {path}")
     return report
 
 
 if __name__ == "__main__":
-    main()
+    _harness.run(main)

@@ -16,45 +16,36 @@ small Glow on this CPU (``--model_check``), and the paper models' consumption on
 estimated from their FLOPs (benchmarks/_bench_flops.py) at an ASSUMED sustained
 ``--gpu_tflops``. Other processes may share the machine: numbers are noisy.
 
-    python benchmarks/data_pipeline.py [--seconds 4] [--repeats 3] [--files 1500]
+    python benchmarks/data_pipeline.py [--seconds=4] [--repeats=3] [--files=1500]
+
+Writes ``benchmarks/results/data_pipeline-<timestamp>.json`` and prints a table.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
-HERE = os.path.dirname(os.path.abspath(__file__))
-for _path in (HERE, os.path.dirname(HERE)):  # benchmarks/ and the repo root, as bench_model.py does
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import _harness  # first: TensorFlow's environment and sys.path
+import numpy as np
+import tensorflow as tf
+from absl import flags
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from glow_tf import data
 
-from glow_tf import data  # noqa: E402
+SHARED_NPZ = os.path.join(_harness.REPO, "..", "shared", "data", "mnist_t10k.npz")
 
-SHARED_NPZ = os.path.join(HERE, "..", "..", "shared", "data", "mnist_t10k.npz")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per repeat")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats per case (median reported)")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--files", type=int, default=1500, help="image files per generated folder")
-    parser.add_argument("--model_check", type=int, default=1, help="1: time a small Glow train step on this CPU")
-    parser.add_argument("--gpu_tflops", type=float, default=100.0, help="assumed sustained GPU TFLOP/s")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    return parser.parse_args(argv)
+flags.DEFINE_float("seconds", 4.0, "Timed seconds per repeat.")
+flags.DEFINE_integer("repeats", 3, "Repeats per case (median reported).")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("files", 1500, "Image files per generated folder.")
+flags.DEFINE_integer("model_check", 1, "1: time a small Glow train step on this CPU.")
+flags.DEFINE_float("gpu_tflops", 100.0, "Assumed sustained GPU TFLOP/s.")
+flags.DEFINE_string("out", _harness.RESULTS, "Folder for the JSON result.")
+FLAGS = flags.FLAGS
 
 
 # ----------------------------------------------------------------------------- generated data
@@ -159,23 +150,24 @@ def gpu_estimates(tflops: float) -> dict[str, Any] | None:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def main() -> dict[str, Any]:
     results: dict[str, Any] = {
-        "timestamp": time.strftime("%Y%m%d-%H%M%S"),
+        "timestamp": _harness.timestamp(),
         "machine": {"cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg())},
         "caveat": "Shared machine: other processes may run at the same time; numbers are indicative.",
-        "batch_size": args.batch_size,
+        "batch_size": FLAGS.batch_size,
         "cases": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        cases = make_cases(tmp, args.files)
-        print(f"generated data in {time.perf_counter() - start:.0f} s; {args.repeats} x {args.seconds:.0f} s per case")
+        cases = make_cases(tmp, FLAGS.files)
+        print(
+            f"generated data in {time.perf_counter() - start:.0f} s; {FLAGS.repeats} x {FLAGS.seconds:.0f} s per case"
+        )
         print(f"{'case':<24}{'images/s':>12}{'min':>10}{'max':>10}{'1st batch s':>13}")
         for name, fields in cases.items():
             cfg = config_of(fields)
-            runs = [time_pipeline(cfg, args.batch_size, args.seconds, seed) for seed in range(args.repeats)]
+            runs = [time_pipeline(cfg, FLAGS.batch_size, FLAGS.seconds, seed) for seed in range(FLAGS.repeats)]
             rates = [r["images_per_s"] for r in runs]
             summary = {
                 "config": fields | {"path": os.path.basename(fields["path"])},
@@ -188,19 +180,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{name:<24}{summary['images_per_s_median']:>12,.0f}{min(rates):>10,.0f}{max(rates):>10,.0f}"
                 f"{runs[0]['first_batch_s']:>13.2f}"
             )
-    if args.model_check:
+    if FLAGS.model_check:
         results["glow_cpu_step"] = glow_step_images_per_s()
         print("training-step consumption, measured here:", results["glow_cpu_step"])
-    results["gpu_estimate"] = gpu_estimates(args.gpu_tflops)
+    results["gpu_estimate"] = gpu_estimates(FLAGS.gpu_tflops)
     print("training-step consumption, GPU estimate from FLOPs:", results["gpu_estimate"])
     results["machine"]["loadavg_end"] = list(os.getloadavg())
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"data_pipeline-{results['timestamp']}.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
+    path = _harness.write_json(results, _harness.result_path(f"data_pipeline-{results['timestamp']}", FLAGS.out))
     print(f"wrote {path}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    _harness.run(main)

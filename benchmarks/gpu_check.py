@@ -23,25 +23,17 @@ variant (tracing, XLA compilation) is reported apart from the timed calls.
 
 from __future__ import annotations
 
-import os
+import gc
+import platform
+import statistics
+import sys
+import tempfile
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
+import _harness
+from absl import flags
 
-import gc  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-from absl import app, flags  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
-
-flags.DEFINE_bool("smoke", False, "Tiny sizes, CPU allowed: checks the script in seconds.")
+flags.DEFINE_bool("smoke", False, "Tiny sizes, CPU allowed: checks the script itself.")
 flags.DEFINE_integer("budget_s", 330, "Seconds of measurements; what no longer fits is skipped.")
 flags.DEFINE_integer("steps", 10, "Timed training steps (and sampling calls) per variant.")
 flags.DEFINE_string("out", "", "JSON path (default benchmarks/results/gpu_check-<time>.json).")
@@ -251,8 +243,7 @@ def _print_row(row: dict) -> None:
     print(f"{head} {'  '.join(parts)}", flush=True)
 
 
-def main(argv):
-    del argv
+def main():
     import tensorflow as tf
 
     sizes = SMOKE_SIZES if FLAGS.smoke else SIZES
@@ -299,12 +290,9 @@ def main(argv):
         "seconds": time.perf_counter() - started,
         "rows": rows,
     }
-    path = FLAGS.out or os.path.join(REPO, "benchmarks", "results", f"gpu_check-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    path = _harness.write_json(result, FLAGS.out or _harness.result_path(f"gpu_check-{_harness.timestamp()}"))
     print(f"{result['seconds']:.0f} s in all; wrote {path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _harness.run(main)

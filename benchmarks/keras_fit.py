@@ -22,26 +22,18 @@ Not a test; compare only numbers from one run (the machine may be shared).
 """
 
 import os
+import statistics
+import tempfile
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
-
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-from absl import app, flags  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
+import _harness
+from absl import flags
 
 flags.DEFINE_string("config", "bench-32", "A benchmark config of benchmarks/_bench_systems.py (CONFIGS).")
 flags.DEFINE_integer("steps", 10, "Timed steps per round and system.")
 flags.DEFINE_integer("rounds", 4, "Timed rounds (after one untimed warm-up round).")
 flags.DEFINE_integer("threads", 2, "CPU cores (glow_tf.parallelism.configure_cpu_threads).")
-flags.DEFINE_string("out", os.path.join(REPO, "benchmarks", "results"), "Folder of the JSON result.")
+flags.DEFINE_string("out", _harness.RESULTS, "Folder of the JSON result.")
 FLAGS = flags.FLAGS
 
 
@@ -50,8 +42,7 @@ def _rate(times: list[float], batch: int) -> dict:
     return {"images_per_s": batch / median, "median_step_s": median, "min_s": min(times), "max_s": max(times)}
 
 
-def main(argv):
-    del argv
+def main():
     from glow_tf import parallelism
 
     parallelism.configure_cpu_threads(FLAGS.threads)  # before TensorFlow runs an op
@@ -108,7 +99,7 @@ def main(argv):
         )
     b = trainer.global_batch
     results = {
-        "timestamp": time.strftime("%Y%m%d-%H%M%S"),
+        "timestamp": _harness.timestamp(),
         "config": FLAGS.config,
         "model": {
             "image_shape": list(bench.image_shape),
@@ -134,12 +125,9 @@ def main(argv):
     print(f"{'system':<34}{'images/s':>10}{'median s/step':>15}")
     for key in ("trainer_train_step", "keras_fit_step", "keras_fit_epoch_per_step"):
         print(f"{key:<34}{results[key]['images_per_s']:>10.1f}{results[key]['median_step_s']:>15.3f}")
-    os.makedirs(FLAGS.out, exist_ok=True)
-    path = os.path.join(FLAGS.out, f"keras_fit-{results['timestamp']}.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
+    path = _harness.write_json(results, _harness.result_path(f"keras_fit-{results['timestamp']}", FLAGS.out))
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _harness.run(main)

@@ -17,21 +17,12 @@ Not a test; compare only numbers from one run (the machine may be shared).
 """
 
 import os
+import shutil
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
-
-import json  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-from absl import app, flags  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
-
-from _bench_configs import run_config  # noqa: E402
+import _harness
+from _bench_configs import run_config
+from absl import flags
 
 flags.DEFINE_string("config", "mnist", "Name of a configs/*.py file.")
 flags.DEFINE_string("data_path", "", "Train on this .npz instead (data.name=npz, 10% held out as the test split).")
@@ -82,8 +73,7 @@ def _evaluate_as(workdir: str, compute_dtype: str) -> float:
     return train_lib.evaluate_checkpoint(copy)["bits_per_dim"]
 
 
-def main(argv):
-    del argv
+def main():
     from glow_tf import parallelism
 
     parallelism.configure_cpu_threads()
@@ -119,13 +109,10 @@ def main(argv):
     print(f"bfloat16 run - float32 run: {report['trajectory_bits_per_dim_change']:+.4f} bits/dim")
     if FLAGS.control:
         print(f"float32 seed+1 run - float32 run: {report['seed_to_seed_bits_per_dim_change']:+.4f} bits/dim (spread)")
-    os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
     name = FLAGS.config + ("_npz" if FLAGS.data_path else "")
-    path = os.path.join(REPO, "benchmarks", "results", f"mixed_precision-{name}.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    path = _harness.write_json(report, _harness.result_path(f"mixed_precision-{name}"))
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _harness.run(main)

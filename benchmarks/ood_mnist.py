@@ -22,25 +22,19 @@ benchmarks/results/ood_mnist.json, benchmarks/results/ood_mnist_hist.png and a c
 the figure in docs/ood_mnist_hist.png. Not a test; the machine may be shared.
 """
 
+import dataclasses
+import json
 import os
+import shutil
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
+import _harness
+from _bench_configs import run_config
+from absl import flags, logging
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-from absl import app, flags, logging  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
-
-from _bench_configs import run_config  # noqa: E402
-
-flags.DEFINE_string("data_path", os.path.join(REPO, "..", "shared", "data", "mnist_t10k.npz"), "MNIST as an .npz.")
+flags.DEFINE_string(
+    "data_path", os.path.join(_harness.REPO, "..", "shared", "data", "mnist_t10k.npz"), "MNIST as an .npz."
+)
 flags.DEFINE_integer("steps", 2500, "Training steps (batch 64).")
 flags.DEFINE_string("workdir", "/tmp/glow_ood_mnist", "Run folder (emptied first) and the OOD .npz files.")
 flags.DEFINE_integer("typicality_batch", 10, "M, images per batch of the typicality test.")
@@ -95,8 +89,7 @@ def _ood_sets(config, workdir: str) -> dict[str, str]:
     }
 
 
-def main(argv):
-    del argv
+def main():
     import numpy as np
     import tensorflow as tf
 
@@ -106,8 +99,8 @@ def main(argv):
     start = time.perf_counter()
     workdir = FLAGS.workdir
     run_dir = os.path.join(workdir, "run")
-    results_dir = os.path.join(REPO, "benchmarks", "results")
-    json_path = os.path.join(results_dir, "ood_mnist.json")
+    results_dir = _harness.RESULTS
+    json_path = _harness.result_path("ood_mnist")
     if FLAGS.train:
         shutil.rmtree(workdir, ignore_errors=True)
         os.makedirs(workdir)
@@ -151,8 +144,8 @@ def main(argv):
         {s.source: s.bits_per_dim for s in (mnist, *ood)},
         f"Glow trained on MNIST ({training['steps']} steps): bits/dim per image",
     )
-    os.makedirs(os.path.join(REPO, "docs"), exist_ok=True)
-    shutil.copy(figure, os.path.join(REPO, "docs", "ood_mnist_hist.png"))
+    os.makedirs(os.path.join(_harness.REPO, "docs"), exist_ok=True)
+    shutil.copy(figure, os.path.join(_harness.REPO, "docs", "ood_mnist_hist.png"))
 
     print(f"\ntraining: {training}")
     print(scoring.level_table([mnist, train, *ood]))
@@ -175,9 +168,9 @@ def main(argv):
         "load_average_after": os.getloadavg(),
         "figure": figure,
     }
-    path = scoring.write_json(out, json_path)
+    path = _harness.write_json(out, json_path)
     logging.info("Wrote %s and %s", path, figure)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _harness.run(main)

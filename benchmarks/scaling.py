@@ -1,8 +1,9 @@
 """Step time and memory of the real training step as the model grows, for each backprop mode.
 
-    python benchmarks/scaling.py                       # the README's scaling table (~6 min on 2 cores)
+    python benchmarks/scaling.py                       # the README's scaling table
     python benchmarks/scaling.py --grid=backprop       # standard / checkpointing / reversible at 64x64 and
                                                        # 128x128, K=8 and K=32 (the README's memory table)
+    python benchmarks/scaling.py --variants=0 --repeats=1   # one variant of the grid: checks the script
 
 Each variant runs in its own process, set up as ``train.py`` does
 (``glow_tf.parallelism``: one thread per op, one batch shard per core):
@@ -12,25 +13,17 @@ the image size (no download), one step to trace, then ``--repeats`` timed steps
 (``tf.config.experimental.get_memory_info``, reset after tracing), i.e. the tensors
 a step keeps alive at once -- what checkpointing trades for recomputation; the
 process's peak RSS is reported for context. Prints a table and writes
-benchmarks/results/scaling-<grid>.json. Not a test; on a shared machine the times
-are noisy (the memory figures are not).
+benchmarks/results/scaling-<grid>.json (``scaling-<grid>-variants-<i>-<j>.json``
+with ``--variants``). Not a test; on a shared machine the times are noisy (the
+memory figures are not).
 """
 
 import os
+import tempfile
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
-
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-from absl import app, flags  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import _harness
+from absl import flags
 
 BASE = dict(image_size=32, levels=3, steps=8, width=128, batch=16, backprop="standard")
 GRIDS = {
@@ -58,17 +51,16 @@ GRIDS = {
 }
 
 flags.DEFINE_enum("grid", "scaling", list(GRIDS), "Which set of variants to run.")
+flags.DEFINE_list("variants", [], "Only these variants of the grid (0-based indices, e.g. 0,3); default all.")
 flags.DEFINE_integer("repeats", 3, "Timed steps per variant.")
-flags.DEFINE_string("_child", "", "Internal: one variant as JSON; runs it and prints JSON.")
+_harness.define_child_flags()
 FLAGS = flags.FLAGS
 
 
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+@flags.multi_flags_validator(["grid", "variants"], message="--variants takes indices of the grid's variants")
+def _check_variants(values: dict) -> bool:
+    count = len(GRIDS[values["grid"]])
+    return all(v.isdigit() and int(v) < count for v in values["variants"])
 
 
 def _child(variant: dict) -> dict:
@@ -111,34 +103,25 @@ def _child(variant: dict) -> dict:
         "batch_shards": trainer.model.batch_shards,
         "step_peak_mib": (peak - before) / 2**20,
         "resident_before_step_mib": before / 2**20,
-        "process_peak_rss_mib": _peak_rss_mib(),
+        "process_peak_rss_mib": _harness.peak_rss_mib(),
         "seconds_per_step": sorted(times)[len(times) // 2],
         "first_step_seconds": first,
         "loss": loss,
     }
 
 
-def _run_variant(variant: dict) -> dict:
-    out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), f"--_child={json.dumps(variant)}", f"--repeats={FLAGS.repeats}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def main(argv):
-    del argv
-    if FLAGS._child:
-        print(json.dumps(_child(json.loads(FLAGS._child))))
+def main():
+    variant = _harness.child_job()
+    if variant is not None:
+        _harness.write_child_result(_child(variant))
         return
     print(f"Training step (Trainer.train_step), CPU, {os.cpu_count()} cores; affine, LU 1x1 conv, learned top prior")
     header = f"{'image':>9} {'L':>2} {'K':>3} {'width':>5} {'batch':>5} {'backprop':>13} {'s/step':>7} {'img/s':>6} "
     print(header + f"{'step peak MiB':>13} {'RSS MiB':>8} {'1st step s':>10}")
     rows = []
-    for variant in GRIDS[FLAGS.grid]:
-        row = _run_variant(variant)
+    grid = GRIDS[FLAGS.grid]
+    for variant in [grid[int(i)] for i in FLAGS.variants] if FLAGS.variants else grid:
+        row = _harness.run_child(__file__, variant, [f"--repeats={FLAGS.repeats}"])
         rows.append(row)
         size = f"{row['image_size']}x{row['image_size']}"
         print(
@@ -149,12 +132,12 @@ def main(argv):
             flush=True,
         )
     print(f"load average {os.getloadavg()}")
-    os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
-    path = os.path.join(REPO, "benchmarks", "results", f"scaling-{FLAGS.grid}.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"grid": FLAGS.grid, "rows": rows, "load": os.getloadavg()}, f, indent=2)
+    name = f"scaling-{FLAGS.grid}"
+    if FLAGS.variants:  # part of the grid: keep the whole grid's file
+        name += "-variants-" + "-".join(FLAGS.variants)
+    path = _harness.write_json({"grid": FLAGS.grid, "rows": rows, "load": os.getloadavg()}, _harness.result_path(name))
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _harness.run(main)

@@ -14,22 +14,14 @@ Not a test. The machine may be shared: the JSON records the load average before 
 after, so compare only runs taken side by side.
 """
 
+import json
 import os
+import platform
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
-
-import json  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-from absl import app, flags, logging  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
-
-from _bench_configs import run_config  # noqa: E402
+import _harness
+from _bench_configs import run_config
+from absl import flags, logging
 
 flags.DEFINE_string("config", "digits", "Name of a configs/*.py file.")
 flags.DEFINE_string("data_path", "", "Train on this .npz instead (data.name=npz, 10% held out as the test split).")
@@ -40,8 +32,7 @@ flags.DEFINE_string("name", "", "Result name (default: the config name, +_npz wi
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
+def main():
     import shutil
 
     import tensorflow as tf
@@ -97,12 +88,9 @@ def main(argv):
         "workdir": workdir,
         "sample_pngs": samples,
     }
-    os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
-    path = os.path.join(REPO, "benchmarks", "results", f"train_quality_{name}.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=2)
+    path = _harness.write_json(out, _harness.result_path(f"train_quality_{name}"))
     logging.info("Wrote %s", path)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _harness.run(main)
