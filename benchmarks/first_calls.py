@@ -22,22 +22,12 @@ reported apart. Prints one line per entry point and writes
 
 from __future__ import annotations
 
-import os
+import tempfile
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as train.py
-
-import json  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-from absl import app, flags  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
-
-import _bench_systems  # noqa: E402
+import _bench_systems
+import _harness
+from absl import flags
 
 flags.DEFINE_enum("config", "bench-32", sorted(_bench_systems.CONFIGS), "Model size (as bench_model.py).")
 flags.DEFINE_string("compute_dtype", "float32", "config.model.compute_dtype.")
@@ -51,8 +41,7 @@ def _timed(fn):
     return time.perf_counter() - start, out
 
 
-def main(argv):
-    del argv
+def main():
     from glow_tf import parallelism
 
     parallelism.configure_cpu_threads()
@@ -77,17 +66,14 @@ def main(argv):
         x = glow_tf.preprocess(images, config.data.n_bits)
         encode = tf.function(model.encode)
         seconds["first_encode"], _ = _timed(lambda: [z.numpy() for z in encode(x)])
-        seconds["export"], _ = _timed(lambda: export.export_model(model, os.path.join(workdir, "export")))
+        seconds["export"], _ = _timed(lambda: export.export_model(model, f"{workdir}/export"))
     result["batch_shards"] = model.batch_shards
     for name, value in seconds.items():
         print(f"{FLAGS.config:<12} {name:<22} {value:6.1f} s")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = FLAGS.out or os.path.join(REPO, "benchmarks", "results", f"first_calls-{FLAGS.config}-{stamp}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    name = f"first_calls-{FLAGS.config}-{_harness.timestamp()}"
+    path = _harness.write_json(result, FLAGS.out or _harness.result_path(name))
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _harness.run(main)
