@@ -153,7 +153,7 @@ def _make_functions(model: Glow, n_bits: int) -> dict[str, Callable]:
             # with expected shape [?,H,W,C]".
             return fn(*(tf.ensure_shape(a, s.shape, name=f"check_{s.name}") for a, s in zip(args, specs)))
 
-        return tf.function(checked, input_signature=specs)
+        return tf.function(checked, input_signature=specs, autograph=False)  # no tensor-dependent Python flow
 
     def labels_of(labels: tuple, batch: tf.Tensor) -> tf.Tensor | None:
         return _check_labels(labels[0], batch, model.num_classes) if conditional else None

@@ -43,6 +43,11 @@ def standard_normal_log_prob(eps: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(-0.5 * (tf.square(eps) + math.log(2.0 * math.pi)), axis=axes)
 
 
+# The model's methods have no Python control flow on tensor values: a user's tf.function
+# traces them as they are, without autograph rewriting every layer's code (seconds per trace).
+_not_autographed = tf.autograph.experimental.do_not_convert
+
+
 class _Level(tf.Module):
     """One scale: ``layers`` in encode order (squeeze, then K flow steps) and its split prior."""
 
@@ -514,12 +519,14 @@ class Glow(tf.Module):
             self._encode_with_log_det(images, labels)
         return True
 
+    @_not_autographed
     def log_prob(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> tf.Tensor:
         """``[B]`` log-density in nats of float images in the model space."""
         images = self._check_images(images, "log_prob")
         latents, log_det, _, _ = self._encode_with_log_det(images, self._check_labels(labels, "log_prob"))
         return log_det + tf.add_n([standard_normal_log_prob(eps) for eps in latents])
 
+    @_not_autographed
     def log_prob_terms(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """Where the log-density of each image comes from, level by level (one encode pass).
 
@@ -536,10 +543,12 @@ class Glow(tf.Module):
         terms = encoded.level_terms
         return {"log_prob": log_prob, "flow_log_det": terms[..., 0], "prior_log_prob": terms[..., 1]}
 
+    @_not_autographed
     def bits_per_dim(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> tf.Tensor:
         """``[B]`` bits/dim of the quantised data (the original's objective)."""
         return metrics.bits_per_dim(self.log_prob(images, labels), self.image_shape, self.n_bits)
 
+    @_not_autographed
     def objective(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """Per-example training terms from one fused pass.
 
@@ -561,17 +570,20 @@ class Glow(tf.Module):
             out.update(logits=logits, class_bits=class_bits, loss=bpd + self.weight_y * class_bits)
         return out
 
+    @_not_autographed
     def encode(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> list[tf.Tensor]:
         """Standardised latents of every level: ``[eps_split_0, ..., eps_top]`` (shapes ``latent_shapes``)."""
         images = self._check_images(images, "encode")
         return self._encode_with_log_det(images, self._check_labels(labels, "encode"))[0]
 
+    @_not_autographed
     def decode(self, latents: Sequence[tf.Tensor], labels: tf.Tensor | None = None) -> tf.Tensor:
         """The exact inverse of :meth:`encode`: float images in the model space."""
         latents = self._check_latents(latents)
         labels = self._check_labels(labels, "decode")
         return self._map_shards(self._decode_walk, latents, labels)
 
+    @_not_autographed
     def sample(
         self,
         num_samples: int | tf.Tensor,
