@@ -1,4 +1,6 @@
-"""Helpers shared by the tests."""
+"""Helpers shared by the tests; ``conftest.py`` serves ``make_test_config`` and ``tiny_model`` as fixtures."""
+
+import importlib
 
 import numpy as np
 import tensorflow as tf
@@ -30,10 +32,26 @@ def autodiff_log_abs_det(fn, x: tf.Tensor) -> np.ndarray:
     return logdet
 
 
-def tiny_model(image_shape, n_bits, num_classes=0, seed=0):
-    """An initialised, perturbed 2-level Glow (so no layer is the identity)."""
+def make_test_config(**overrides):
+    """``configs/test.py`` (8x8 digits, 20 steps) with ``{"section.key": value}`` overrides."""
+    config = importlib.import_module("configs.test").get_config()
+    for field, value in overrides.items():
+        section, key = field.split(".")
+        config[section][key] = value
+    return config
+
+
+def tiny_model(image_shape, n_bits, num_classes=0, seed=0, num_steps=2, **glow_kwargs):
+    """An initialised, perturbed 2-level Glow (so no layer is the identity); ``glow_kwargs`` go to ``Glow``."""
     model = glow_tf.Glow(
-        image_shape, num_levels=2, num_steps=2, hidden_width=8, learn_top=True, num_classes=num_classes, n_bits=n_bits
+        image_shape,
+        num_levels=2,
+        num_steps=num_steps,
+        hidden_width=8,
+        learn_top=True,
+        num_classes=num_classes,
+        n_bits=n_bits,
+        **glow_kwargs,
     )
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, [16, *image_shape]).astype(np.uint8)

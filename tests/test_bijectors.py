@@ -59,43 +59,55 @@ def _latent_ndims(bijector):
     return 1 if isinstance(bijector, gb.FactorOut) else 3
 
 
+def _maybe_function(fn, use_function):
+    return tf.function(fn) if use_function else fn
+
+
 @pytest.mark.parametrize("use_function", [False, True], ids=["eager", "function"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_round_trip_both_ways(name, use_function):
     bijector, kwargs, x = _make(name)
     fwd = lambda t: bijector.forward(tf.identity(t), **kwargs)  # noqa: E731
     inv = lambda t: bijector.inverse(tf.identity(t), **kwargs)  # noqa: E731
-    if use_function:
-        fwd, inv = tf.function(fwd), tf.function(inv)
+    fwd, inv = _maybe_function(fwd, use_function), _maybe_function(inv, use_function)
     z = inv(x)
     np.testing.assert_allclose(fwd(z).numpy(), x.numpy(), atol=1e-10)
     z2 = tf.constant(np.random.default_rng(1).normal(size=z.shape), F64)
     np.testing.assert_allclose(inv(fwd(z2)).numpy(), z2.numpy(), atol=1e-10)
 
 
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "function"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_log_det_matches_autodiff_jacobian(name):
+def test_log_det_matches_autodiff_jacobian(name, use_function):
     bijector, kwargs, x = _make(name)
-    ildj = bijector.inverse_log_det_jacobian(x, event_ndims=3, **kwargs).numpy()
-    expected = autodiff_log_abs_det(lambda t: bijector.inverse(t, **kwargs), x)
+    ildj_fn = _maybe_function(lambda t: bijector.inverse_log_det_jacobian(t, event_ndims=3, **kwargs), use_function)
+    ildj = ildj_fn(tf.identity(x)).numpy()
+    expected = autodiff_log_abs_det(lambda t: bijector.inverse(t, **kwargs), x)  # the eager Jacobian: the reference
     np.testing.assert_allclose(np.broadcast_to(ildj, expected.shape), expected, rtol=1e-8, atol=1e-8)
     if name in VOLUME_PRESERVING:
         np.testing.assert_allclose(ildj, 0.0, atol=1e-12)
 
 
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "function"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_fldj_is_minus_ildj(name):
+def test_fldj_is_minus_ildj(name, use_function):
     bijector, kwargs, x = _make(name)
-    z = tf.identity(bijector.inverse(x, **kwargs))
-    ildj = bijector.inverse_log_det_jacobian(tf.identity(x), event_ndims=3, **kwargs)
-    fldj = bijector.forward_log_det_jacobian(z, event_ndims=_latent_ndims(bijector), **kwargs)
+    inverse = _maybe_function(lambda t: bijector.inverse(t, **kwargs), use_function)
+    ildj_fn = _maybe_function(lambda t: bijector.inverse_log_det_jacobian(t, event_ndims=3, **kwargs), use_function)
+    fldj_fn = _maybe_function(
+        lambda t: bijector.forward_log_det_jacobian(t, event_ndims=_latent_ndims(bijector), **kwargs), use_function
+    )
+    z = tf.identity(inverse(x))
+    ildj = ildj_fn(tf.identity(x))
+    fldj = fldj_fn(z)
     np.testing.assert_allclose(np.broadcast_to(fldj, [2]), -np.broadcast_to(ildj, [2]), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "function"])
 @pytest.mark.parametrize("name", sorted(set(CASES) - {"factor_out"}))
-def test_fused_pass_equals_tfp_methods(name):
+def test_fused_pass_equals_tfp_methods(name, use_function):
     bijector, kwargs, x = _make(name)
-    z, log_det = bijector.inverse_and_log_det(x, **kwargs)
+    z, log_det = _maybe_function(lambda t: bijector.inverse_and_log_det(t, **kwargs), use_function)(x)
     np.testing.assert_allclose(z.numpy(), bijector.inverse(tf.identity(x), **kwargs).numpy(), atol=1e-12)
     ildj = bijector.inverse_log_det_jacobian(tf.identity(x), event_ndims=3, **kwargs)
     np.testing.assert_allclose(np.broadcast_to(log_det, [2]), np.broadcast_to(ildj, [2]), atol=1e-10)

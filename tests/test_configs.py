@@ -14,8 +14,6 @@ CONFIG_NAMES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) 
 
 
 def load(name):
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
     return importlib.import_module(f"configs.{name}").get_config()
 
 
@@ -108,8 +106,6 @@ def test_out_of_range_values_are_rejected(field, value, message):
 
 def _parse(*args):
     """train.py's own flag parsing, in-process (it sets sys.argv, restored here)."""
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
     train = importlib.import_module("train")
     saved = sys.argv
     try:
@@ -149,6 +145,7 @@ def _cli(*args, timeout=120):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, message",
     [("--config.train.no_such_key=1", "no_such_key"), ("--config.train.batch_size=many", "batch_size")],
@@ -160,6 +157,7 @@ def test_cli_rejects_unknown_keys_and_badly_typed_overrides(tmp_path, override, 
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
+@pytest.mark.slow
 def test_cli_invalid_config_fails_before_training(tmp_path):
     out = _cli("--dataset=test", f"--workdir={tmp_path}", "--config.data.image_size=12", "--config.model.num_levels=3")
     assert out.returncode != 0

@@ -279,7 +279,13 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+# Two variants in the quick loop (between them: both couplings, invconv and shuffle, 5 bits, labels).
+QUICK_VARIANTS = ("affine-invconv-2-steps", "ycond-classifier-5bit")
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in QUICK_VARIANTS else pytest.param(n, marks=pytest.mark.slow) for n in VARIANTS]
+)
 def test_every_flag_variant_round_trips_exactly(tmp_path, name):
     run = tiny_run(tmp_path / "run", seed=len(name), **VARIANTS[name])
     logdir = convert.to_openai(run.workdir, str(tmp_path / "logdir"), problem="cifar10").logdir
@@ -529,6 +535,7 @@ def test_a_glow_tf_variable_the_layout_misses_is_named(converted, monkeypatch, t
 
 
 # ----------------------------------------------------------------------------- glow_tf's tools on a converted run
+@pytest.mark.slow
 def test_glow_tf_tools_work_on_a_converted_run(converted):
     case = converted["A"]
     workdir = case.conv.workdir
@@ -551,6 +558,7 @@ def test_glow_tf_tools_work_on_a_converted_run(converted):
     np.testing.assert_array_equal(inference_model.decode(inference_model.encode(images)), images)
 
 
+@pytest.mark.slow
 def test_fine_tuning_resumes_from_the_converted_checkpoint(converted):
     case = converted["B"]
     config = config_lib.load_config_json(case.conv.workdir)
@@ -612,6 +620,7 @@ def run_children(commands: dict) -> dict:
     return results
 
 
+@pytest.mark.slow
 def test_export_of_a_converted_run_works_without_glow_tf_and_the_cli_reports_errors(converted, root):
     case = converted["A"]
     path = export.export_from_workdir(case.conv.workdir)

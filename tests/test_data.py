@@ -405,7 +405,13 @@ def mock_tfds(monkeypatch):
         yield requested
 
 
-@pytest.mark.parametrize("name", list(TFDS_CASES))
+# cifar10 and mnist (28x28 padded to 32x32) in the quick loop, every other builder with the slow tests.
+QUICK_TFDS = ("cifar10", "mnist")
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in QUICK_TFDS else pytest.param(n, marks=pytest.mark.slow) for n in TFDS_CASES]
+)
 def test_tfds_dataset_through_its_builder(name, mock_tfds, no_network):
     size, channels, extra, builder, train_split, test_split, num_classes = TFDS_CASES[name]
     cfg = make_cfg(name=name, image_size=size, channels=channels, cache=False, **extra)
@@ -432,6 +438,7 @@ def test_tfds_dataset_through_its_builder(name, mock_tfds, no_network):
         assert info.attribute_names == data.CELEBA_ATTRIBUTES
 
 
+@pytest.mark.slow
 def test_celeba_attributes_follow_tfds(mock_tfds):
     builder = tfds.builder("celeb_a")
     assert tuple(builder.info.features["attributes"].keys()) == data.CELEBA_ATTRIBUTES

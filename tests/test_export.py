@@ -1,6 +1,5 @@
 """SavedModel export: signatures, a reload in a fresh process without glow_tf, saved_model_cli, the CLI."""
 
-import importlib
 import json
 import os
 import subprocess
@@ -11,7 +10,6 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import tiny_model
 
 import glow_tf
 from glow_tf import data, export, metrics, quantization, sample, train_lib
@@ -102,7 +100,7 @@ def clean_env():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, tiny_model):
     """An unconditional 8x8x3 5-bit model and a class-conditional 8x8x1 8-bit model, exported."""
     root = tmp_path_factory.mktemp("export")
     rng = np.random.default_rng(1)
@@ -166,11 +164,13 @@ def live_seeded(model, images, labels, n_bits):
     return model.log_prob(x, labels).numpy(), model.bits_per_dim(x, labels).numpy()
 
 
+@pytest.mark.slow
 def test_fresh_process_cannot_import_glow_tf_or_tfp(children):
     assert children["info"]["blocked"] is True
     assert children["info"]["tfp_loaded"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["uncond", "cond"])
 def test_reloaded_log_prob_and_bits_per_dim_equal_the_live_model(exported, children, key):
     case = getattr(exported, key)
@@ -182,6 +182,7 @@ def test_reloaded_log_prob_and_bits_per_dim_equal_the_live_model(exported, child
     assert np.isfinite(children["out"][f"{key}_sig_log_prob"]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["uncond", "cond"])
 def test_reloaded_per_level_bits_per_dim_equal_the_live_model(exported, children, key):
     case = getattr(exported, key)
@@ -200,6 +201,7 @@ def test_reloaded_per_level_bits_per_dim_equal_the_live_model(exported, children
     np.testing.assert_allclose(out[f"{key}_per_level_random"], out[f"{key}_per_level_bits_per_dim"], rtol=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["uncond", "cond"])
 @pytest.mark.parametrize("mode", ["encode", "encode_deterministic"])
 def test_decode_of_encode_reproduces_the_images(exported, children, key, mode):
@@ -215,6 +217,7 @@ def test_decode_of_encode_reproduces_the_images(exported, children, key, mode):
     assert children["info"][f"{key}_{mode}_latents"] == shapes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["uncond", "cond"])
 def test_sample_shapes_dtypes_and_cold_determinism(exported, children, key):
     case = getattr(exported, key)
@@ -228,12 +231,14 @@ def test_sample_shapes_dtypes_and_cold_determinism(exported, children, key):
     assert np.mean(live != cold[0]) < 0.01  # the chain of means (a rare pixel may round across a bin edge)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["uncond", "cond"])
 def test_in_graph_errors_are_clear(children, key):
     assert "temperature must be >= 0" in children["info"][f"{key}_negative_temperature"]
     assert children["info"][f"{key}_wrong_channels"]  # a [1, 8, 8, C'] batch is refused by the signature
 
 
+@pytest.mark.slow
 def test_metadata_variables_and_file(exported, children):
     assert children["info"]["uncond_meta"] == [[8, 8, 3], 5, 0]
     assert children["info"]["cond_meta"] == [[8, 8, 1], 8, 3]
@@ -243,6 +248,7 @@ def test_metadata_variables_and_file(exported, children):
     assert meta["signatures"] == list(export.SIGNATURES)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_show_lists_the_signatures(children):
     show = children["show"]
     assert show.rc == 0, show.stderr[-2000:]
@@ -253,6 +259,7 @@ def test_saved_model_cli_show_lists_the_signatures(children):
     assert "shape: (-1, 8, 8, 3)" in show.stdout and "DT_UINT8" in show.stdout
 
 
+@pytest.mark.slow
 def test_saved_model_cli_run_samples_images(exported, children):
     run = children["run"]
     assert run.rc == 0, run.stderr[-2000:]
@@ -260,12 +267,14 @@ def test_saved_model_cli_run_samples_images(exported, children):
     assert images.shape == (3, 8, 8, 3) and images.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_export_cli_reports_a_missing_run_clearly(children):
     cli = children["export_cli"]
     assert cli.rc == 1
     assert "glow_tf.export: error:" in cli.stderr and "config" in cli.stderr.lower()
 
 
+@pytest.mark.slow
 def test_export_refuses_bad_arguments(exported, tmp_path):
     model = glow_tf.Glow([8, 8, 1], num_levels=2, num_steps=1, hidden_width=4)
     with pytest.raises(ValueError, match="uninitialised"):
@@ -281,6 +290,7 @@ def test_export_refuses_bad_arguments(exported, tmp_path):
         export.export_model(exported.uncond.model, exported.uncond.path, overwrite=False)
 
 
+@pytest.mark.slow
 def test_in_process_module_matches_the_model(exported):
     case = exported.uncond
     module = export.build_export_module(case.model)
@@ -296,19 +306,16 @@ def test_in_process_module_matches_the_model(exported):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, test_config):
     """Two steps of configs/test.py (EMA on) with the real trainer."""
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    config = importlib.import_module("configs.test").get_config()
-    config.train.num_steps = 2
-    config.sample.temperatures = (0.7,)
+    config = test_config(**{"train.num_steps": 2, "sample.temperatures": (0.7,)})
     workdir = str(tmp_path_factory.mktemp("run"))
     trainer = train_lib.Trainer(config, workdir)
     trainer.train()
     return types.SimpleNamespace(workdir=workdir, trainer=trainer, config=config)
 
 
+@pytest.mark.slow
 def test_export_from_a_training_run_uses_the_ema_weights(trained):
     assert export.main([f"--workdir={trained.workdir}", "--checkpoint=latest"]) == 0
     path = os.path.join(trained.workdir, "export", "latest")
@@ -324,6 +331,7 @@ def test_export_from_a_training_run_uses_the_ema_weights(trained):
     assert meta["ema_weights"] is True and meta["step"] == 2 and meta["config"]["data"]["n_bits"] == 4
 
 
+@pytest.mark.slow
 def test_export_cli_errors(trained, tmp_path, capsys):
     assert export.main([f"--workdir={tmp_path / 'missing'}"]) == 1
     assert "does not exist" in capsys.readouterr().err
@@ -334,6 +342,7 @@ def test_export_cli_errors(trained, tmp_path, capsys):
     assert "No 'best' checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sampling_tools_work_from_a_training_run(trained, tmp_path):
     argv = ["sample-grids", f"--model={trained.workdir}", "--checkpoint=best", f"--out_dir={tmp_path}"]
     assert sample.main([*argv, "--temperatures=0,1", "--num_samples=4"]) == 0
@@ -342,7 +351,8 @@ def test_sampling_tools_work_from_a_training_run(trained, tmp_path):
     assert grid.shape == (1 + 2 * 9, 1 + 2 * 9, 1) and grid.std() > 0
 
 
-def test_bfloat16_sharded_model_exports_a_plain_bfloat16_graph(tmp_path):
+@pytest.mark.slow
+def test_bfloat16_sharded_model_exports_a_plain_bfloat16_graph(tmp_path, tiny_model):
     """A mixed-precision model with batch slices exports and reloads; slices are a tracing-time setting only."""
     model = tiny_model([8, 8, 3], 5)
     bf16 = glow_tf.Glow(

@@ -26,21 +26,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240
 
 
-def make_config(**overrides):
-    """configs/test.py (8x8 digits, batch 16, L=2) at K=1, width 8, unsharded, with ``{"section.key": value}``.
+@pytest.fixture(scope="session")
+def small_config(test_config):
+    """``small_config(**overrides)``: configs/test.py (8x8 digits, batch 16, L=2) at K=1, width 8, unsharded.
 
     Small graphs trace fast; sharding is the Glow's business (tested with the model).
     """
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    from configs import test
-
-    config = test.get_config()
-    config.model.num_steps, config.model.hidden_width, config.train.batch_shards = 1, 8, 1
-    for field, value in overrides.items():
-        section, key = field.split(".")
-        config[section][key] = value
-    return config
+    small = {"model.num_steps": 1, "model.hidden_width": 8, "train.batch_shards": 1}
+    return lambda **overrides: test_config(**{**small, **overrides})
 
 
 def train_batches(config, steps=None):
@@ -78,14 +71,14 @@ class Record(tf_keras.callbacks.Callback):
 
 
 # --------------------------------------------------------------------------- which Keras
-def test_keras3_does_not_track_the_glow_variables(tmp_path):
+def test_keras3_does_not_track_the_glow_variables(tmp_path, small_config):
     """Keras 3 (TF 2.21's tf.keras) sees none of a Glow's tf.Variables; tf_keras sees them all."""
     import keras  # Keras 3
 
     assert keras.__version__.startswith("3.")
     if os.environ.get("TF_USE_LEGACY_KERAS", "0").lower() not in ("1", "true"):  # train.py sets it (tf_keras)
         assert tf.keras.Model is keras.Model
-    config = make_config()
+    config = small_config()
     glow = train_lib.build_model(config)
 
     class Keras3Glow(keras.Model):
@@ -122,13 +115,14 @@ def test_keras3_does_not_track_the_glow_variables(tmp_path):
 
 
 # --------------------------------------------------------------------------- the Trainer's step
-def test_keras_steps_equal_trainer_steps(tmp_path):
+@pytest.mark.slow
+def test_keras_steps_equal_trainer_steps(tmp_path, small_config):
     """Same weights, same batches: two Keras steps give the Trainer's losses, gradient norms and weights.
 
     The model is class-conditional with the classifier head (``weight_y``), the Trainer's full objective;
     an unconditional model runs the same step with ``labels=None``.
     """
-    config = make_config(**{"model.class_conditional": True, "model.weight_y": 0.5, "train.batch_shards": 2})
+    config = small_config(**{"model.class_conditional": True, "model.weight_y": 0.5, "train.batch_shards": 2})
     trainer = train_lib.Trainer(config, str(tmp_path / "trainer"))
     trainer.initialize()
     model = gk.from_config(config)
@@ -153,10 +147,10 @@ def test_keras_steps_equal_trainer_steps(tmp_path):
 
 # --------------------------------------------------------------------------- one fit with every callback
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(tmp_path_factory, small_config):
     """2 epochs x 3 steps with validation, our callbacks and the stock TensorBoard, ModelCheckpoint, LR scheduler."""
     logdir = str(tmp_path_factory.mktemp("keras_run"))
-    config = make_config()
+    config = small_config()
     model = plain_model(config, tf_keras.optimizers.Adamax(1e-3))  # the new (non-legacy) tf_keras optimizer
     train = train_batches(config)
     init = gk.DataDependentInit(train, num_images=32)
@@ -182,6 +176,7 @@ def fitted(tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_fit_reports_bits_per_dim_and_loss(fitted):
     h = fitted["history"]
     for key in ("loss", "bits_per_dim", "val_loss", "val_bits_per_dim", "grad_norm", "nonfinite_in_a_row", "lr"):
@@ -194,15 +189,18 @@ def test_fit_reports_bits_per_dim_and_loss(fitted):
     assert int(fitted["model"].step.numpy()) == 6 == int(fitted["model"].optimizer.iterations.numpy())
 
 
+@pytest.mark.slow
 def test_data_dependent_init_ran_before_the_first_step(fitted):
     assert fitted["init"].ran and fitted["model"].initialized
 
 
+@pytest.mark.slow
 def test_learning_rate_scheduler_sets_the_rate(fitted):
     assert fitted["history"]["lr"] == pytest.approx([1e-3, 5e-4])
     assert float(fitted["model"].optimizer.learning_rate.numpy()) == pytest.approx(5e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_equals_the_trainers_evaluator(fitted):
     model, config = fitted["model"], fitted["config"]
     keras_bpd = model.evaluate(eval_batches(config), verbose=0, return_dict=True)["bits_per_dim"]
@@ -214,6 +212,7 @@ def test_evaluate_equals_the_trainers_evaluator(fitted):
     assert fitted["history"]["val_bits_per_dim"][-1] == pytest.approx(keras_bpd, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_predict_encodes_and_decode_inverts_it(fitted):
     model, config = fitted["model"], fitted["config"]
     latents = model.predict(eval_batches(config), verbose=0)
@@ -225,6 +224,7 @@ def test_predict_encodes_and_decode_inverts_it(fitted):
     np.testing.assert_array_equal(model.decode(first).numpy(), bit_reduced.numpy())
 
 
+@pytest.mark.slow
 def test_sample_returns_uint8_images_reproducibly(fitted):
     model = fitted["model"]
     a, b = model.sample(5, 0.7, seed=[1, 2]), model.sample(5, 0.7, seed=[1, 2])
@@ -241,6 +241,7 @@ def _tags(logdir):
     return acc, {tag: acc.SummaryMetadata(tag).plugin_data.plugin_name for tag in acc.Tags()["tensors"]}
 
 
+@pytest.mark.slow
 def test_sample_grids_and_tensorboard_logs(fitted):
     logdir = fitted["logdir"]
     names = sorted(os.listdir(os.path.join(logdir, "samples")))
@@ -255,6 +256,7 @@ def test_sample_grids_and_tensorboard_logs(fitted):
     assert "epoch_bits_per_dim" in val_tags
 
 
+@pytest.mark.slow
 def test_model_checkpoint_weights_restore_and_skip_the_init(fitted, tmp_path):
     config, trained = fitted["config"], fitted["model"]
     path = tf.train.latest_checkpoint(os.path.join(fitted["logdir"], "ckpt"))
@@ -272,6 +274,7 @@ def test_model_checkpoint_weights_restore_and_skip_the_init(fitted, tmp_path):
     np.testing.assert_array_equal(restored.glow.variables[0].numpy(), trained.glow.variables[0].numpy())
 
 
+@pytest.mark.slow
 def test_export_is_glow_tf_exports_savedmodel(fitted, tmp_path):
     model, config = fitted["model"], fitted["config"]
     mine = tf.saved_model.load(model.export(str(tmp_path / "keras"), metadata={"note": "x"}))
@@ -311,8 +314,9 @@ class StopAt(tf_keras.callbacks.Callback):
             raise KeyboardInterrupt("preempted")
 
 
-def test_backup_and_restore_resumes_an_interrupted_fit_exactly(tmp_path):
-    config = make_config()
+@pytest.mark.slow
+def test_backup_and_restore_resumes_an_interrupted_fit_exactly(tmp_path, small_config):
+    config = small_config()
     epoch_data = train_batches(config, 3)  # the same 3 batches every epoch; noise keyed by the global step
 
     def fit(callbacks):
@@ -332,8 +336,9 @@ def test_backup_and_restore_resumes_an_interrupted_fit_exactly(tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.name)
 
 
-def test_non_finite_updates_are_skipped_then_stop_training(tmp_path):
-    config = make_config()
+@pytest.mark.slow
+def test_non_finite_updates_are_skipped_then_stop_training(tmp_path, small_config):
+    config = small_config()
     model = gk.from_config(config)
     images = next(iter(train_batches(config)))[0]
     model.initialize(images)
@@ -355,10 +360,10 @@ def test_non_finite_updates_are_skipped_then_stop_training(tmp_path):
 
 
 # --------------------------------------------------------------------------- user mistakes
-def test_user_mistakes_fail_with_one_clear_line(tmp_path):
+def test_user_mistakes_fail_with_one_clear_line(tmp_path, small_config):
     import keras  # Keras 3
 
-    config = make_config()
+    config = small_config()
     model = gk.GlowModel(train_lib.build_model(config))
     with pytest.raises(ValueError, match="tf_keras optimizer .* not the Keras 3 Adamax"):
         model.compile(optimizer=keras.optimizers.Adamax())
@@ -381,7 +386,7 @@ def test_user_mistakes_fail_with_one_clear_line(tmp_path):
         gk.GlowModel(tf.Module())
     with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         gk.GlowModel(model.glow, seed=-1)
-    conditional = gk.from_config(make_config(**{"model.class_conditional": True}))
+    conditional = gk.from_config(small_config(**{"model.class_conditional": True}))
     with pytest.raises(ValueError, match="class-conditional .* pass labels"):
         conditional.initialize(images)
     conditional.initialize(images, tf.zeros([16], tf.int32))
@@ -525,6 +530,7 @@ def _readme_snippet() -> str:
     return match.group(1)
 
 
+@pytest.mark.slow
 def test_readme_keras_example_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # it writes runs/keras_digits
     namespace = {}

@@ -59,6 +59,7 @@ def test_transformed_distribution_and_bijector_agree_with_log_prob():
     assert samples.shape == [2, 8, 8, 3]
 
 
+@pytest.mark.slow
 def test_encode_decode_round_trip_32px_three_levels():
     shape = [32, 32, 3]
     model = Glow(shape, num_levels=3, num_steps=8, hidden_width=32, lu_decomposed=True, learn_top=True, seed=0)
@@ -109,6 +110,7 @@ def test_priors_start_at_standard_normal():
         assert float(tf.reduce_max(tf.abs(log_det))) == 0.0
 
 
+@pytest.mark.slow
 def test_unknown_batch_dimension_under_input_signature():
     model = _ready_model()
     spec = tf.TensorSpec([None, *model.image_shape], tf.float32)
@@ -127,6 +129,7 @@ def test_unknown_batch_dimension_under_input_signature():
         assert sample(tf.constant(batch), tf.constant(0.7), y).shape == [batch, *model.image_shape]
 
 
+@pytest.mark.slow
 def test_jit_compiled_gradient_step():
     model = _ready_model()
     x, y = _images(model.image_shape, 4, seed=3), tf.constant([0, 1, 2, 0])
@@ -145,6 +148,7 @@ def test_jit_compiled_gradient_step():
     assert np.isfinite(first) and second < first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("permutation,lu", [("invconv", False), ("invconv", True), ("shuffle", False)])
 def test_gradient_checkpointing_gives_the_same_gradients(permutation, lu):
     model = _ready_model(permutation=permutation, lu_decomposed=lu)
@@ -204,6 +208,7 @@ def test_classifier_head_adds_class_bits_and_trains():
     assert all(g is not None and np.any(g.numpy() != 0) for g in grads)
 
 
+@pytest.mark.slow
 def test_original_latent_shapes_at_256px():
     model = Glow([256, 256, 3], num_levels=6, num_steps=1, hidden_width=4, coupling="additive")
     assert [list(s) for s in model.latent_shapes] == [

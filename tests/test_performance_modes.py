@@ -7,7 +7,6 @@ report TensorFlow's thread pools as documented.
 """
 
 import contextlib
-import importlib
 import json
 import os
 import subprocess
@@ -184,6 +183,7 @@ def test_sharded_gradients_with_gradient_checkpointing_equal_plain():
     _assert_grads_close(got, expected)
 
 
+@pytest.mark.slow
 def test_batch_smaller_than_shards_in_a_function_with_unknown_batch(model):
     spec = [tf.TensorSpec([None, 8, 8, 3], tf.float32), tf.TensorSpec([None], tf.int32)]
     fn = tf.function(lambda x, y: model.objective(x, y), input_signature=spec)
@@ -303,6 +303,7 @@ def _count_ops(graph_def, op_type, dtype, where="all"):
     return sum(1 for n in nodes if n.op == op_type and tf.as_dtype(n.attr["T"].type) == dtype)
 
 
+@pytest.mark.slow
 def test_bfloat16_graph_runs_the_coupling_networks_in_bfloat16(model, bf16):
     # One flow step is traced per level (glow_tf.flow) and called with each step's weights, so the
     # graph's function library holds one coupling network per level.
@@ -372,12 +373,6 @@ def test_compute_dtype_defaults_to_the_variable_dtype():
 
 
 # --------------------------------------------------------------------------- config
-def _test_config():
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    return importlib.import_module("configs.test").get_config()
-
-
 def test_config_defaults_for_the_new_fields():
     config = config_lib.default_config()
     assert config.model.compute_dtype == "float32"
@@ -431,8 +426,8 @@ def test_config_json_with_an_unknown_key_is_rejected():
         config_lib.config_from_json(json.dumps(loaded))
 
 
-def test_build_model_takes_batch_shards_and_compute_dtype_from_the_config(monkeypatch):
-    config = _test_config()
+def test_build_model_takes_batch_shards_and_compute_dtype_from_the_config(monkeypatch, test_config):
+    config = test_config()
     config.train.batch_shards = 3
     config.model.compute_dtype = "bfloat16"
     model = inference.build_model(config)
@@ -446,20 +441,21 @@ def test_build_model_takes_batch_shards_and_compute_dtype_from_the_config(monkey
     assert inference.build_model(config).batch_shards == 5
 
 
-def test_trainer_auto_shards_never_exceed_the_per_replica_batch(monkeypatch, tmp_path):
+def test_trainer_auto_shards_never_exceed_the_per_replica_batch(monkeypatch, tmp_path, test_config):
     monkeypatch.setattr(parallelism, "auto_batch_shards", lambda: 64)
-    config = _test_config()
+    config = test_config()
     config.train.batch_size, config.train.batch_shards = 4, 0
     assert train_lib.Trainer(config, str(tmp_path / "auto")).model.batch_shards == 4
     config.train.batch_shards = 6  # an explicit choice is kept
     assert train_lib.Trainer(config, str(tmp_path / "explicit")).model.batch_shards == 6
 
 
-def test_sharded_trainer_step_updates_like_the_unsharded_one(tmp_path):
+@pytest.mark.slow
+def test_sharded_trainer_step_updates_like_the_unsharded_one(tmp_path, test_config):
     """The public training step (noise, loss, gradients, guard, Adamax, EMA) is the same with 3 slices."""
     trainers = []
     for shards in (1, 3):
-        config = _test_config()
+        config = test_config()
         config.train.batch_shards = shards
         trainer = train_lib.Trainer(config, str(tmp_path / f"shards{shards}"))
         trainer.initialize()
@@ -520,9 +516,16 @@ def test_configure_cpu_threads_with_an_accelerator_or_one_core_changes_nothing(m
     assert calls == []
 
 
-def test_available_cores_is_positive():
-    cores = parallelism.available_cores()
-    assert isinstance(cores, int) and 1 <= cores <= (os.cpu_count() or cores)
+def test_available_cores_is_the_affinity_mask_else_the_cpu_count(monkeypatch):
+    if hasattr(os, "sched_getaffinity"):
+        assert parallelism.available_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert parallelism.available_cores() == 3  # the mask, not the machine's 8 cores
+    monkeypatch.delattr(os, "sched_getaffinity")  # not Linux
+    assert parallelism.available_cores() == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # undeterminable
+    assert parallelism.available_cores() == 1
 
 
 # Subprocess test: a fresh interpreter, since thread pools can only be set before TF's first op.
@@ -546,6 +549,7 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_subprocess_configure_cpu_threads_in_a_fresh_process():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(

@@ -5,7 +5,6 @@ every file of the workdir (size and SHA-256) before and after.
 """
 
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -30,16 +29,6 @@ TIMEOUT = 180
 TRAIN = [sys.executable, os.path.join(REPO, "train.py")]
 # TensorFlow's C++ start-up lines (no environment variable silences them) and absl log records.
 _LOG_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|To enable the following|rebuild TensorFlow|\s*$)")
-
-
-def make_config(**overrides):
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    config = importlib.import_module("configs.test").get_config()
-    for field, value in overrides.items():
-        section, key = field.split(".")
-        config[section][key] = value
-    return config
 
 
 def run_cli(*args, timeout=TIMEOUT):
@@ -100,6 +89,7 @@ def test_resuming_with_another_architecture_stops_and_touches_nothing(run_copy):
     assert "falling back" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "field, value",
     [
@@ -111,9 +101,9 @@ def test_resuming_with_another_architecture_stops_and_touches_nothing(run_copy):
         ("optim.ema_decay", 0.0),
     ],
 )
-def test_every_field_that_defines_the_run_must_match(run_copy, field, value):
+def test_every_field_that_defines_the_run_must_match(run_copy, field, value, test_config):
     before = snapshot(run_copy)
-    config = make_config(**{field: value})
+    config = test_config(**{field: value})
     if field == "data.name":
         config.data.path = "/nowhere.npz"
     with pytest.raises(workdirs.IncompatibleRunError, match=re.escape(field)):
@@ -121,16 +111,17 @@ def test_every_field_that_defines_the_run_must_match(run_copy, field, value):
     assert snapshot(run_copy) == before
 
 
-def test_seed_must_match(run_copy):
-    config = make_config()
+@pytest.mark.slow
+def test_seed_must_match(run_copy, test_config):
+    config = test_config()
     config.seed = 1
     with pytest.raises(workdirs.IncompatibleRunError, match="seed: 0 in the run, 1 now"):
         train_lib.Trainer(config, run_copy)
 
 
-def test_resume_differences_classify_fields():
-    saved = make_config()
-    new = make_config(**{"train.num_steps": 40, "optim.learning_rate": 5e-4, "eval.max_examples": 64})
+def test_resume_differences_classify_fields(test_config):
+    saved = test_config()
+    new = test_config(**{"train.num_steps": 40, "optim.learning_rate": 5e-4, "eval.max_examples": 64})
     new.sample.temperatures = (0.7,)
     new.data.random_flip = True
     new.data.path = "/elsewhere"  # not used by the digits dataset
@@ -146,12 +137,13 @@ def test_resume_differences_classify_fields():
     }
     saved.data.name = new.data.name = "folder"
     assert [f for f, _, _ in config_lib.resume_differences(saved, new)[0]] == ["data.path"]
-    new = make_config(**{"optim.ema_decay": 0.99})  # another decay, still averaging
-    assert config_lib.resume_differences(make_config(), new)[0] == []
+    new = test_config(**{"optim.ema_decay": 0.99})  # another decay, still averaging
+    assert config_lib.resume_differences(test_config(), new)[0] == []
 
 
-def test_allowed_changes_are_logged_and_the_run_resumes(run_copy, caplog):
-    config = make_config(**{"train.num_steps": 22, "optim.learning_rate": 5e-4})
+@pytest.mark.slow
+def test_allowed_changes_are_logged_and_the_run_resumes(run_copy, caplog, test_config):
+    config = test_config(**{"train.num_steps": 22, "optim.learning_rate": 5e-4})
     with caplog.at_level(logging.INFO, logger="absl"):  # absl's logger may have been set to WARNING
         trainer = train_lib.Trainer(config, run_copy)
     assert "Changed on resume: optim.learning_rate: 0.001 -> 0.0005; train.num_steps: 20 -> 22" in caplog.text
@@ -176,31 +168,34 @@ def test_start_over_moves_the_old_run_aside_intact(run_copy):
     assert [os.path.basename(p) for p in workdirs.checkpoint_prefixes(run_copy, "latest")] == ["ckpt-2", "ckpt-0"]
 
 
-def test_a_checkpoint_of_another_model_is_an_error_not_a_torn_file(run_copy, caplog):
+@pytest.mark.slow
+def test_a_checkpoint_of_another_model_is_an_error_not_a_torn_file(run_copy, caplog, test_config):
     os.remove(os.path.join(run_copy, "config.json"))  # nothing to compare with: the restore itself must notice
     before = snapshot(run_copy)
     with caplog.at_level(logging.WARNING), pytest.raises(checkpointing.CheckpointMismatchError) as info:
-        train_lib.Trainer(make_config(**{"model.hidden_width": 32}), run_copy)
+        train_lib.Trainer(test_config(**{"model.hidden_width": 32}), run_copy)
     assert "ckpt-20 does not match" in str(info.value) and "incompatible tensor with shape" in str(info.value)
     assert "falling back" not in caplog.text
     assert snapshot(run_copy) == before
 
 
-def test_a_run_whose_checkpoints_are_all_torn_is_never_restarted_from_scratch(run_copy):
+@pytest.mark.slow
+def test_a_run_whose_checkpoints_are_all_torn_is_never_restarted_from_scratch(run_copy, test_config):
     for prefix in workdirs.checkpoint_prefixes(run_copy, "latest"):
         with open(prefix + ".data-00000-of-00001", "r+b") as f:
             f.truncate(8)
     before = snapshot(run_copy)
     with pytest.raises(checkpointing.NoReadableCheckpointError, match="None of the 3 checkpoint"):
-        train_lib.Trainer(make_config(), run_copy)
+        train_lib.Trainer(test_config(), run_copy)
     assert snapshot(run_copy) == before
 
 
-def test_best_without_latest_is_not_overwritten(run_copy):
+@pytest.mark.slow
+def test_best_without_latest_is_not_overwritten(run_copy, test_config):
     shutil.rmtree(os.path.join(run_copy, "checkpoints"))
     before = snapshot(run_copy)
     with pytest.raises(checkpointing.CheckpointError, match="best/ checkpoints but no checkpoints/ckpt-N"):
-        train_lib.Trainer(make_config(), run_copy)
+        train_lib.Trainer(test_config(), run_copy)
     assert snapshot(run_copy) == before
 
 
@@ -215,6 +210,7 @@ def _edit_config(workdir, **changes):
         json.dump(saved, f)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["latest", "best"])
 def test_inference_tools_name_both_files_when_config_and_checkpoint_disagree(run_copy, kind, capsys):
     _edit_config(run_copy, **{"model.hidden_width": 32})
@@ -313,41 +309,43 @@ def test_dataset_flag_with_a_space_works_like_with_an_equals_sign(tmp_path):
     assert workdirs.checkpoint_prefixes(str(tmp_path / "w"), "latest")
 
 
-def test_trainer_rejects_a_workdir_that_is_a_file(tmp_path):
+def test_trainer_rejects_a_workdir_that_is_a_file(tmp_path, test_config):
     path = tmp_path / "f"
     path.write_text("x")
     with pytest.raises(NotADirectoryError, match="existing file"):
-        train_lib.Trainer(make_config(), str(path))
+        train_lib.Trainer(test_config(), str(path))
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    model = glow_tf.Glow([8, 8, 1], num_levels=2, num_steps=1, hidden_width=8, learn_top=True, batch_shards=2)
-    images = np.random.default_rng(0).integers(0, 256, [8, 8, 8, 1]).astype(np.uint8)
-    model.initialize(data.model_inputs(images, 8, seed=0))
+def tiny(tmp_path_factory, tiny_model):
+    """A 2-slice 8x8x1 Glow (K=1) and its SavedModel."""
+    model = tiny_model([8, 8, 1], 8, num_steps=1, batch_shards=2)
     path = str(tmp_path_factory.mktemp("export") / "saved")
     export.export_model(model, path)
-    return model, tf.saved_model.load(path), images
+    return model, tf.saved_model.load(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 16, 16, 1), (2, 8, 4, 1), (8, 8, 1)])
 @pytest.mark.parametrize("name", ["encode", "encode_deterministic", "log_prob", "bits_per_dim"])
 def test_saved_model_rejects_images_of_the_wrong_shape_naming_the_expected_one(tiny, name, shape):
-    _, loaded, _ = tiny
+    _, loaded = tiny
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         loaded.signatures[name](images=tf.zeros(shape, tf.uint8))
     expected = r"Shape of tensor images \[[\d,]+\] is not compatible with expected shape \[\?,8,8,1\]"
     assert re.search(expected, str(info.value))
 
 
+@pytest.mark.slow
 def test_saved_model_rejects_latents_of_the_wrong_shape(tiny):
-    _, loaded, _ = tiny
+    _, loaded = tiny
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"latent_0 \[1,4,4,3\].*expected shape \[\?,4,4,2\]"):
         loaded.signatures["decode"](latent_0=tf.zeros([1, 4, 4, 3]), latent_1=tf.zeros([1, 2, 2, 8]))
 
 
+@pytest.mark.slow
 def test_zero_samples_give_an_empty_batch_everywhere(tiny):
-    model, loaded, _ = tiny
+    model, loaded = tiny
     empty = loaded.signatures["sample"](num_samples=tf.constant(0), temperature=tf.constant(0.7))["images"]
     assert empty.shape == (0, 8, 8, 1) and empty.dtype == tf.uint8
     assert model.sample(0).shape == (0, 8, 8, 1)
@@ -358,7 +356,7 @@ def test_zero_samples_give_an_empty_batch_everywhere(tiny):
     assert loaded.signatures["bits_per_dim"](images=tf.zeros([0, 8, 8, 1], tf.uint8))["bits_per_dim"].shape == (0,)
 
 
-def test_numpy_integers_are_accepted_wherever_python_integers_are():
+def test_numpy_integers_are_accepted_wherever_python_integers_are(test_config):
     i = np.int64
     model = glow_tf.Glow(
         [i(8), i(8), i(1)], num_levels=i(2), num_steps=i(1), hidden_width=i(8), num_classes=i(10), n_bits=i(5)
@@ -370,7 +368,7 @@ def test_numpy_integers_are_accepted_wherever_python_integers_are():
     assert AffineCoupling(i(4), hidden_width=i(8)).channels == 4
     assert Squeeze(i(2)).factor == 2
     assert glow_tf.quantization.validate_n_bits(np.uint8(3)) == 3
-    assert data.make_eval_dataset(make_config().data, i(4)).element_spec[0].shape[0] is None
+    assert data.make_eval_dataset(test_config().data, i(4)).element_spec[0].shape[0] is None
     with pytest.raises(ValueError, match="num_classes must be an integer >= 0, got True"):
         glow_tf.Glow([8, 8, 1], num_levels=2, num_steps=1, hidden_width=8, num_classes=True)
     with pytest.raises(ValueError, match="hidden_width must be a positive integer, got 8.0"):
@@ -415,7 +413,7 @@ class _Builder:
         raise RuntimeError("downloading")
 
 
-def test_unreachable_download_host_fails_in_seconds(monkeypatch, tmp_path):
+def test_unreachable_download_host_fails_in_seconds(monkeypatch, tmp_path, test_config):
     builder = _Builder()
     monkeypatch.setattr("tensorflow_datasets.builder", lambda *a, **k: builder)
     for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -426,7 +424,7 @@ def test_unreachable_download_host_fails_in_seconds(monkeypatch, tmp_path):
         raise OSError(-2, "Name or service not known")
 
     monkeypatch.setattr(tfds_sources.socket, "create_connection", refuse)
-    config = make_config().data
+    config = test_config().data
     config.name, config.data_dir = "cifar10", str(tmp_path)
     config.image_size, config.channels = 32, 3
     start = time.monotonic()
@@ -482,7 +480,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.slow
-def test_eval_scores_exactly_max_examples_on_two_replicas():
+def test_eval_scores_exactly_max_examples_on_two_replicas(test_config):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("TF_CONFIG", None)
     proc = subprocess.run(
@@ -490,6 +488,6 @@ def test_eval_scores_exactly_max_examples_on_two_replicas():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
-    whole = data.dataset_info(make_config().data).num_test
+    whole = data.dataset_info(test_config().data).num_test
     expected = {"0": whole, "100": 100, "1": 1, "64": 64}
     assert counts["two"] == expected and counts["one"] == expected

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from helpers import tiny_model
 
 from glow_tf import attributes, data, export, latent_tools, quantization, sample, summaries
 from glow_tf.latent_tools import InferenceModel
@@ -23,7 +22,7 @@ def reduced(images, n_bits):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, tiny_model):
     """One 8x8x1 8-bit model live and exported, and a class-conditional 8x8x3 5-bit model live."""
     root = tmp_path_factory.mktemp("sample")
     gray = tiny_model([8, 8, 1], 8)
@@ -41,6 +40,7 @@ def models(tmp_path_factory):
 # ------------------------------------------------------------------ InferenceModel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["live", "saved"])
 def test_sample_shapes_dtypes_and_seeds(models, which):
     model = getattr(models, which)
@@ -54,6 +54,7 @@ def test_sample_shapes_dtypes_and_seeds(models, which):
     np.testing.assert_array_equal(cold, model.sample(3, 0.0))
 
 
+@pytest.mark.slow
 def test_live_and_saved_models_agree(models):
     for a, b in zip(models.live.encode(models.images), models.saved.encode(models.images)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -65,6 +66,7 @@ def test_live_and_saved_models_agree(models):
     assert (models.saved.image_shape, models.saved.n_bits, models.saved.num_classes) == ((8, 8, 1), 8, 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_decode_of_encode_is_exact(models, deterministic):
     latents = models.saved.encode(models.images, deterministic=deterministic)
@@ -84,6 +86,7 @@ def test_decode_of_encode_is_exact(models, deterministic):
     np.testing.assert_array_equal(back, reduced(images, 5))
 
 
+@pytest.mark.slow
 def test_negative_or_invalid_temperature_is_a_value_error(models):
     for bad in (-0.1, float("nan"), True, "0.7"):
         with pytest.raises(ValueError, match="temperature"):
@@ -95,6 +98,7 @@ def test_negative_or_invalid_temperature_is_a_value_error(models):
     assert models.live.sample(0, 0.5).shape == (0, *models.live.image_shape)  # an empty batch, not an error
 
 
+@pytest.mark.slow
 def test_encode_rejects_wrong_images_clearly(models):
     with pytest.raises(ValueError, match=r"takes 8x8 images, got 16x16"):
         models.saved.encode(np.zeros([1, 16, 16, 1], np.uint8))
@@ -108,6 +112,7 @@ def test_encode_rejects_wrong_images_clearly(models):
         models.saved.decode([np.zeros([1, 4, 4, 2]), np.zeros([1, 2, 2, 4])])
 
 
+@pytest.mark.slow
 def test_label_errors(models):
     with pytest.raises(ValueError, match="class-conditional"):
         models.cond.sample(2, 0.5)
@@ -135,6 +140,7 @@ def test_load_inference_model_errors(tmp_path):
 # ---------------------------------------------------------------------- the tools
 
 
+@pytest.mark.slow
 def test_sample_grids_per_temperature_and_per_class(models):
     grids = latent_tools.sample_grids(models.saved, [0.0, 0.7], num_samples=4)
     assert list(grids) == ["T0.00", "T0.70"]
@@ -150,6 +156,7 @@ def test_sample_grids_per_temperature_and_per_class(models):
         latent_tools.sample_grids(models.live, [0.5], classes=[0])
 
 
+@pytest.mark.slow
 def test_interpolation_runs_between_the_reconstructions(models):
     a, b = models.images[0], models.images[1]
     strip = latent_tools.interpolate(models.saved, a, b, steps=5)
@@ -182,6 +189,7 @@ def test_accumulator_recovers_a_planted_direction():
     np.testing.assert_array_equal(result.num_positive, attrs.sum(0))
 
 
+@pytest.mark.slow
 def test_planted_direction_through_the_model_and_manipulation(models):
     model, rng = models.saved, np.random.default_rng(1)
     planted = 0.3 * rng.choice([-1.0, 1.0], model.latent_size).astype(np.float32)
@@ -247,7 +255,8 @@ def test_load_image(tmp_path):
         latent_tools.load_image(str(tmp_path / "none.png"), (8, 8, 1))
 
 
-def test_directions_from_celeba_through_tfds(no_network_celeba):
+@pytest.mark.slow
+def test_directions_from_celeba_through_tfds(no_network_celeba, tiny_model):
     model = InferenceModel.from_model(tiny_model([8, 8, 3], 8, seed=2))
     cfg = data.default_config()
     cfg.name, cfg.image_size, cfg.channels = "celeba", 8, 3
@@ -284,6 +293,7 @@ def labelled_folder(models):
     return types.SimpleNamespace(folder=str(folder), csv=str(folder / "labels.csv"), images=images)
 
 
+@pytest.mark.slow
 def test_cli_attribute_directions_then_manipulate(models, labelled_folder, capsys):
     out = str(models.root / "directions.npz")
     argv = ["attribute-directions", f"--model={models.path}", f"--folder={labelled_folder.folder}"]
@@ -309,6 +319,7 @@ def test_cli_attribute_directions_then_manipulate(models, labelled_folder, capsy
     assert "Unknown attribute 'Smiling'; known attributes: Bright, Random" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_grids_interpolation_and_errors(models, labelled_folder, capsys):
     out_dir = str(models.root / "grids")
     argv = ["sample-grids", f"--model={models.path}", f"--out_dir={out_dir}", "--num_samples=4"]
@@ -328,6 +339,7 @@ def test_cli_grids_interpolation_and_errors(models, labelled_folder, capsys):
     assert "No image file 'x.png'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_python_m_glow_tf_sample_runs(models, tmp_path):
     env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
     cmd = [sys.executable, "-m", "glow_tf.sample", "sample-grids", f"--model={models.path}"]

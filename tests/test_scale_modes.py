@@ -7,7 +7,6 @@ largest entry of that gradient (measured: ~1e-6). Checkpointing recomputes the s
 float operations: 1e-5. XLA fuses differently: 1e-4 relative.
 """
 
-import importlib
 import json
 import math
 import os
@@ -72,6 +71,7 @@ VARIANTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("mode, tol", [("reversible", 1e-4), ("checkpointing", 1e-5)])
 def test_memory_saving_backprop_gives_standard_gradients(variant, mode, tol):
@@ -84,6 +84,7 @@ def test_memory_saving_backprop_gives_standard_gradients(variant, mode, tol):
     _assert_grads_close(model, got, expected, tol)
 
 
+@pytest.mark.slow
 def test_reversible_with_batch_shards_equals_unsharded_standard():
     model = _model(lu_decomposed=True)
     x = _images(5, model.image_shape, seed=3)
@@ -114,6 +115,7 @@ def _step_peak_bytes(mode, steps):
     return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
 
 
+@pytest.mark.slow
 def test_reversible_step_memory_does_not_grow_with_the_number_of_steps():
     standard = [_step_peak_bytes("standard", k) for k in (2, 8)]
     reversible = [_step_peak_bytes("reversible", k) for k in (2, 8)]
@@ -135,30 +137,22 @@ def test_backprop_modes_are_validated_and_the_old_name_still_works():
     assert BACKPROP_MODES == ("standard", "checkpointing", "reversible")
 
 
-def make_config(**overrides):
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    config = importlib.import_module("configs.test").get_config()
-    for field, value in overrides.items():
-        section, key = field.split(".")
-        config[section][key] = value
-    return config
-
-
-def test_config_backprop_field_reaches_the_model_and_the_alias_is_checked():
-    assert train_lib.build_model(make_config(**{"train.backprop": "reversible"})).backprop == "reversible"
-    assert train_lib.build_model(make_config(**{"train.gradient_checkpointing": True})).backprop == "checkpointing"
+def test_config_backprop_field_reaches_the_model_and_the_alias_is_checked(test_config):
+    assert train_lib.build_model(test_config(**{"train.backprop": "reversible"})).backprop == "reversible"
+    assert train_lib.build_model(test_config(**{"train.gradient_checkpointing": True})).backprop == "checkpointing"
     with pytest.raises(ValueError, match="contradicts config.train.backprop='reversible'"):
         config_lib.validate_config(
-            make_config(**{"train.gradient_checkpointing": True, "train.backprop": "reversible"})
+            test_config(**{"train.gradient_checkpointing": True, "train.backprop": "reversible"})
         )
     with pytest.raises(ValueError, match="Unknown config.train.backprop 'fast'"):
-        config_lib.validate_config(make_config(**{"train.backprop": "fast"}))
+        config_lib.validate_config(test_config(**{"train.backprop": "fast"}))
     assert config_lib.default_config().train.backprop == "standard"
 
 
-def _trainer(tmp_path, name, **overrides):
-    return train_lib.Trainer(make_config(**overrides), str(tmp_path / name))
+@pytest.fixture
+def make_trainer(test_config, tmp_path):
+    """``make_trainer(name, **overrides)``: a Trainer of configs/test.py with overrides in ``tmp_path / name``."""
+    return lambda name, **overrides: train_lib.Trainer(test_config(**overrides), str(tmp_path / name))
 
 
 def _one_step(trainer):
@@ -167,17 +161,19 @@ def _one_step(trainer):
     return {k: v.numpy() for k, v in metrics.items()}, [v.numpy() for v in trainer.model.trainable_variables]
 
 
-def test_reversible_trainer_step_updates_like_the_standard_one(tmp_path):
-    expected, weights = _one_step(_trainer(tmp_path, "std"))
-    got, got_weights = _one_step(_trainer(tmp_path, "rev", **{"train.backprop": "reversible"}))
+@pytest.mark.slow
+def test_reversible_trainer_step_updates_like_the_standard_one(make_trainer):
+    expected, weights = _one_step(make_trainer("std"))
+    got, got_weights = _one_step(make_trainer("rev", **{"train.backprop": "reversible"}))
     assert got["loss"] == expected["loss"] and got["finite"]
     np.testing.assert_allclose(got["grad_norm"], expected["grad_norm"], rtol=1e-5)
     for a, b in zip(got_weights, weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_non_finite_guard_still_skips_bad_updates_with_reversible_backprop(tmp_path):
-    config = make_config(**{"train.backprop": "reversible", "optim.learning_rate": 1e30, "optim.warmup_images": 0})
+@pytest.mark.slow
+def test_non_finite_guard_still_skips_bad_updates_with_reversible_backprop(tmp_path, test_config):
+    config = test_config(**{"train.backprop": "reversible", "optim.learning_rate": 1e30, "optim.warmup_images": 0})
     config.optim.ema_decay = 0.0
     trainer = train_lib.Trainer(config, str(tmp_path / "nan"))
     with pytest.raises(train_lib.NonFiniteLossError, match="non-finite"):
@@ -186,11 +182,12 @@ def test_non_finite_guard_still_skips_bad_updates_with_reversible_backprop(tmp_p
     assert checkpointing.all_finite(model.variables)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shards", [1, 2])
-def test_xla_compiled_step_equals_the_plain_one(tmp_path, shards):
-    expected, weights = _one_step(_trainer(tmp_path, f"plain{shards}", **{"train.batch_shards": shards}))
+def test_xla_compiled_step_equals_the_plain_one(make_trainer, shards):
+    expected, weights = _one_step(make_trainer(f"plain{shards}", **{"train.batch_shards": shards}))
     got, got_weights = _one_step(
-        _trainer(tmp_path, f"xla{shards}", **{"train.batch_shards": shards, "train.jit_compile": True})
+        make_trainer(f"xla{shards}", **{"train.batch_shards": shards, "train.jit_compile": True})
     )
     np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)
     np.testing.assert_allclose(got["grad_norm"], expected["grad_norm"], rtol=1e-4)
@@ -224,11 +221,12 @@ def test_float16_networks_compute_in_float16_with_float32_variables_and_priors()
     np.testing.assert_allclose(model.bits_per_dim(x), plain.bits_per_dim(x), atol=0.01)
 
 
-def test_float16_training_is_finite_close_to_float32_and_overflows_are_not_failures(tmp_path):
+@pytest.mark.slow
+def test_float16_training_is_finite_close_to_float32_and_overflows_are_not_failures(make_trainer):
     """A few steps from the same init: float16 bits/dim within 0.02 of float32's, no non-finite failure."""
     cadences = {"train.num_steps": 12, "train.eval_every": 0, "train.sample_every": 0, "train.checkpoint_every": 6}
-    fp32 = _trainer(tmp_path, "fp32", **cadences)
-    fp16 = _trainer(tmp_path, "fp16", **cadences, **{"model.compute_dtype": "float16"})
+    fp32 = make_trainer("fp32", **cadences)
+    fp16 = make_trainer("fp16", **cadences, **{"model.compute_dtype": "float16"})
     assert fp16.loss_scale is not None and fp32.loss_scale is None
     r32, r16 = fp32.train(), fp16.train()
     assert r16.step == 12 and np.isfinite(r16.last_eval_bits_per_dim)
@@ -236,8 +234,9 @@ def test_float16_training_is_finite_close_to_float32_and_overflows_are_not_failu
     assert float(fp16.loss_scale.scale.numpy()) >= 1.0
 
 
-def test_float16_overflow_skips_the_update_and_halves_the_scale(tmp_path):
-    trainer = _trainer(tmp_path, "overflow", **{"model.compute_dtype": "float16"})
+@pytest.mark.slow
+def test_float16_overflow_skips_the_update_and_halves_the_scale(make_trainer):
+    trainer = make_trainer("overflow", **{"model.compute_dtype": "float16"})
     trainer.initialize()
     trainer.loss_scale.scale.assign(2.0**127)  # any float16 gradient times this overflows
     before = [v.numpy() for v in trainer.model.trainable_variables]
@@ -248,16 +247,16 @@ def test_float16_overflow_skips_the_update_and_halves_the_scale(tmp_path):
 
 
 @pytest.mark.slow
-def test_float16_resume_is_bit_identical_including_the_loss_scale(tmp_path):
+def test_float16_resume_is_bit_identical_including_the_loss_scale(tmp_path, make_trainer):
     overrides = {"model.compute_dtype": "float16", "train.num_steps": 4, "train.checkpoint_every": 2}
     overrides.update({"train.eval_every": 0, "train.sample_every": 0})
-    straight = _trainer(tmp_path, "straight", **overrides)
+    straight = make_trainer("straight", **overrides)
     straight.loss_scale.growth_interval = 2  # exercise growth within the run
     straight.train()
-    halfway = _trainer(tmp_path, "resumed", **overrides)
+    halfway = make_trainer("resumed", **overrides)
     halfway.loss_scale.growth_interval = 2
     halfway.train(num_steps=2)
-    resumed = _trainer(tmp_path, "resumed", **overrides)
+    resumed = make_trainer("resumed", **overrides)
     resumed.loss_scale.growth_interval = 2
     assert resumed.restored_from.endswith("ckpt-2")
     assert float(resumed.loss_scale.scale.numpy()) == float(halfway.loss_scale.scale.numpy())

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from helpers import tiny_model
 
 from glow_tf import config_lib, data, export, latent_tools, metrics, score, scoring, summaries
 from glow_tf.latent_tools import InferenceModel
@@ -27,7 +26,7 @@ def digits_config():
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, tiny_model):
     """A tiny 8x8x1 8-bit model live and exported (with its run config), and the export's folder."""
     root = tmp_path_factory.mktemp("scoring")
     model = tiny_model([8, 8, 1], 8)
@@ -301,6 +300,7 @@ def test_tfds_source_through_mock_data_notes_the_conversion(models):
 
 
 # ------------------------------------------------------------------ the CLI
+@pytest.mark.slow
 def test_cli_per_image_and_compare(models, tmp_path, capsys):
     out = str(tmp_path / "scores.csv")
     assert score.main(["per-image", f"--model={models.path}", "--source=digits:test", f"--out={out}", "--seed=5"]) == 0
@@ -329,6 +329,7 @@ def test_cli_per_image_and_compare(models, tmp_path, capsys):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [

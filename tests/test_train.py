@@ -1,7 +1,6 @@
 """End-to-end training on configs/test.py: outputs, SIGTERM and resume, fallbacks, the non-finite guard."""
 
 import dataclasses
-import importlib
 import logging
 import os
 import re
@@ -23,17 +22,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 180  # seconds, bounds every subprocess
 
 
-def make_config(**overrides):
-    """configs/test.py with ``{"section.key": value}`` overrides."""
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    config = importlib.import_module("configs.test").get_config()
-    for field, value in overrides.items():
-        section, key = field.split(".")
-        config[section][key] = value
-    return config
-
-
 def checkpoint_tensors(prefix):
     """Every tensor of a checkpoint but the save counter (which counts saves, not training)."""
     reader = tf.train.load_checkpoint(prefix)
@@ -41,14 +29,15 @@ def checkpoint_tensors(prefix):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, test_config):
     workdir = str(tmp_path_factory.mktemp("run"))
-    config = make_config()
+    config = test_config()
     trainer = train_lib.Trainer(config, workdir)
     result = trainer.train()
     return types.SimpleNamespace(workdir=workdir, config=config, trainer=trainer, result=result)
 
 
+@pytest.mark.slow
 def test_run_reaches_the_last_step_and_writes_checkpoints(run):
     assert run.result.step == 20 and run.result.interrupted_by is None
     ckpts = checkpointing.checkpoint_candidates(os.path.join(run.workdir, "checkpoints"), "ckpt")
@@ -57,11 +46,13 @@ def test_run_reaches_the_last_step_and_writes_checkpoints(run):
     assert np.isfinite(run.result.last_eval_bits_per_dim)
 
 
+@pytest.mark.slow
 def test_config_json_is_the_resolved_config(run):
     loaded = train_lib.config_lib.load_config_json(run.workdir)
     assert loaded.to_dict() == train_lib.config_lib.config_from_json(run.config.to_json()).to_dict()
 
 
+@pytest.mark.slow
 def test_png_grids_exist_for_every_temperature_and_reconstruction(run):
     files = set(os.listdir(os.path.join(run.workdir, "samples")))
     for step in (10, 20):
@@ -73,6 +64,7 @@ def test_png_grids_exist_for_every_temperature_and_reconstruction(run):
     assert grid.shape == (6 * 37, 6 * 37, 1)
 
 
+@pytest.mark.slow
 def test_reconstructions_reproduce_the_inputs(run):
     grid = tf.io.decode_png(tf.io.read_file(os.path.join(run.workdir, "samples", "step00000020_reconstructions.png")))
     grid = grid.numpy()
@@ -89,6 +81,7 @@ def _tags(logdir):
     return acc, {tag: acc.SummaryMetadata(tag).plugin_data.plugin_name for tag in acc.Tags()["tensors"]}
 
 
+@pytest.mark.slow
 def test_event_files_hold_scalars_images_and_config(run):
     acc, tags = _tags(os.path.join(run.workdir, "train"))
     for scalar in ("bits_per_dim", "learning_rate", "grad_norm", "images_per_sec"):
@@ -106,6 +99,7 @@ def test_event_files_hold_scalars_images_and_config(run):
     assert [e.step for e in eval_acc.Tensors("bits_per_dim")] == [10, 20]
 
 
+@pytest.mark.slow
 def test_restore_for_inference_returns_the_ema_weights(run):
     model, config = train_lib.restore_for_inference(run.workdir, "latest")
     assert config.model.hidden_width == run.config.model.hidden_width
@@ -118,6 +112,7 @@ def test_restore_for_inference_returns_the_ema_weights(run):
     assert best.initialized
 
 
+@pytest.mark.slow
 def test_restore_for_inference_errors(run, tmp_path):
     with pytest.raises(ValueError, match="latest"):
         train_lib.restore_for_inference(run.workdir, "newest")
@@ -128,6 +123,7 @@ def test_restore_for_inference_errors(run, tmp_path):
         train_lib.restore_for_inference(str(tmp_path), "best")
 
 
+@pytest.mark.slow
 def test_eval_mode_covers_the_whole_test_split(run):
     result = train_lib.evaluate_checkpoint(run.workdir, "best")
     assert result["num_examples"] == data.dataset_info(run.config.data).num_test
@@ -136,7 +132,8 @@ def test_eval_mode_covers_the_whole_test_split(run):
     assert again["bits_per_dim"] == result["bits_per_dim"]  # stateless noise: deterministic
 
 
-def test_sigterm_then_resume_is_bit_identical_to_the_uninterrupted_run(run, tmp_path):
+@pytest.mark.slow
+def test_sigterm_then_resume_is_bit_identical_to_the_uninterrupted_run(run, tmp_path, test_config):
     """``train.py`` SIGTERMed after its first step saves and exits; resuming to step 20 gives ``run``'s state.
 
     Tolerance: bit-identical. On CPU with a fixed seed every source of randomness is
@@ -169,7 +166,7 @@ def test_sigterm_then_resume_is_bit_identical_to_the_uninterrupted_run(run, tmp_
     stopped_at = int(re.search(r"Stopped by a signal at step (\d+)", text).group(1))
     assert 1 <= stopped_at < 20
 
-    resumed = train_lib.Trainer(make_config(), workdir)
+    resumed = train_lib.Trainer(test_config(), workdir)
     assert resumed.restored_from.endswith(f"ckpt-{stopped_at}") and int(resumed.step.numpy()) == stopped_at
     assert not resumed.initialize()  # data-dependent init skipped on resume
     assert resumed.train().step == 20
@@ -192,26 +189,28 @@ def test_sigterm_then_resume_is_bit_identical_to_the_uninterrupted_run(run, tmp_
     assert match and int(match.group(2)) == data.dataset_info(run.config.data).num_test
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous(run, tmp_path, caplog):
+@pytest.mark.slow
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(run, tmp_path, caplog, test_config):
     workdir = str(tmp_path / "copy")
     shutil.copytree(run.workdir, workdir)
     data_file = os.path.join(workdir, "checkpoints", "ckpt-20.data-00000-of-00001")
     with open(data_file, "r+b") as f:  # a torn write: the tail of the file is lost
         f.truncate(os.path.getsize(data_file) // 2)
     with caplog.at_level(logging.WARNING):
-        trainer = train_lib.Trainer(make_config(), workdir)
+        trainer = train_lib.Trainer(test_config(), workdir)
     assert trainer.restored_from.endswith("ckpt-10") and int(trainer.step.numpy()) == 10
     assert "ckpt-20 is unreadable" in caplog.text
     model, _ = train_lib.restore_for_inference(workdir, "latest")
     assert model.initialized
     with open(os.path.join(workdir, "checkpoints", "checkpoint"), "w") as f:
         f.write("\x00garbage{{")  # a torn state file
-    assert train_lib.Trainer(make_config(), workdir).restored_from.endswith("ckpt-10")
+    assert train_lib.Trainer(test_config(), workdir).restored_from.endswith("ckpt-10")
 
 
-def test_exploding_learning_rate_trips_the_guard_and_keeps_a_good_checkpoint(tmp_path, caplog):
+@pytest.mark.slow
+def test_exploding_learning_rate_trips_the_guard_and_keeps_a_good_checkpoint(tmp_path, caplog, test_config):
     workdir = str(tmp_path / "nan")
-    config = make_config(**{"optim.learning_rate": 1e30, "optim.warmup_images": 0, "optim.ema_decay": 0.0})
+    config = test_config(**{"optim.learning_rate": 1e30, "optim.warmup_images": 0, "optim.ema_decay": 0.0})
     trainer = train_lib.Trainer(config, workdir)
     with caplog.at_level(logging.WARNING), pytest.raises(train_lib.NonFiniteLossError, match="3 non-finite"):
         trainer.train()
@@ -225,8 +224,9 @@ def test_exploding_learning_rate_trips_the_guard_and_keeps_a_good_checkpoint(tmp
     assert trainer.save() is None  # NaN weights never reach a checkpoint
 
 
-def test_class_conditional_training_and_sampling(tmp_path):
-    config = make_config(
+@pytest.mark.slow
+def test_class_conditional_training_and_sampling(tmp_path, test_config):
+    config = test_config(
         **{"model.class_conditional": True, "model.weight_y": 0.01, "train.num_steps": 2, "train.eval_every": 0}
     )
     config.train.sample_every = 0
@@ -237,13 +237,13 @@ def test_class_conditional_training_and_sampling(tmp_path):
     assert os.path.exists(os.path.join(tmp_path, "samples", "step00000002_samples_T0.70.png"))
 
 
-def test_gradient_checkpointing_flag_reaches_the_model():
-    model = train_lib.build_model(make_config(**{"train.gradient_checkpointing": True}))
+def test_gradient_checkpointing_flag_reaches_the_model(test_config):
+    model = train_lib.build_model(test_config(**{"train.gradient_checkpointing": True}))
     assert model.gradient_checkpointing
 
 
-def test_class_conditional_needs_labels():
-    config = make_config(**{"model.class_conditional": True})
+def test_class_conditional_needs_labels(test_config):
+    config = test_config(**{"model.class_conditional": True})
     info = dataclasses.replace(data.dataset_info(config.data), num_classes=0)
     with pytest.raises(ValueError, match="no class labels"):
         train_lib.build_model(config, info)

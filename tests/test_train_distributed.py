@@ -9,10 +9,12 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from glow_tf import distribute
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240
@@ -82,6 +84,7 @@ print(json.dumps(dict(
 """
 
 
+@pytest.mark.slow
 def test_mirrored_two_cpus_matches_one_device(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", PRELUDE + MIRRORED, str(tmp_path)],
@@ -134,6 +137,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_two_processes_agree(tmp_path):
     workers = [f"localhost:{port}" for port in _free_ports(2)]
     workdir = str(tmp_path / "run")
@@ -172,6 +176,42 @@ def test_multi_worker_mirrored_two_processes_agree(tmp_path):
     assert sorted(os.listdir(workdir)) == sorted(["best", "checkpoints", "config.json", "eval", "samples", "train"])
 
 
-def test_worker_script_is_valid_python():
-    compile(textwrap.dedent(PRELUDE + WORKER), "worker", "exec")
-    compile(textwrap.dedent(PRELUDE + MIRRORED), "mirrored", "exec")
+# ------------------------------------------------ who is chief, in-process (no cluster is started)
+class _MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
+    """A MultiWorkerMirroredStrategy as distribute.py sees it, without starting collectives or servers."""
+
+    def __init__(self):  # the real one would connect to the cluster in TF_CONFIG
+        self._resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
+    @property
+    def cluster_resolver(self):
+        return self._resolver
+
+
+def _tf_config(task_type, index, chief=False):
+    cluster = {"worker": ["localhost:1", "localhost:2"], **({"chief": ["localhost:3"]} if chief else {})}
+    return json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})
+
+
+@pytest.mark.parametrize(
+    "task_type, index, chief, expected",
+    [
+        ("worker", 0, False, (True, 0, 2)),  # no chief in the cluster: worker 0 writes
+        ("worker", 1, False, (False, 1, 2)),
+        ("chief", 0, True, (True, 0, 3)),
+        ("worker", 0, True, (False, 0, 3)),  # a chief exists: worker 0 is not it
+        ("worker", 1, True, (False, 1, 3)),
+    ],
+)
+def test_is_chief_worker_index_and_num_workers_follow_tf_config(monkeypatch, task_type, index, chief, expected):
+    monkeypatch.setenv("TF_CONFIG", _tf_config(task_type, index, chief))
+    strategy = _MultiWorker()
+    got = (distribute.is_chief(strategy), distribute.worker_index(strategy), distribute.num_workers(strategy))
+    assert got == expected
+
+
+def test_single_process_strategies_are_chief_whatever_tf_config_says(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", _tf_config("worker", 1))
+    strategy = tf.distribute.get_strategy()
+    assert distribute.is_chief(strategy) and distribute.worker_index(strategy) == 0
+    assert distribute.num_workers(strategy) == 1
