@@ -50,6 +50,7 @@ def test_smoke_run_measures_every_variant(tmp_path):
     assert "celebahq256" in proc.stdout and "wrote" in proc.stdout
 
 
+@pytest.mark.slow
 def test_without_gpu_and_without_smoke_says_so_in_one_line():
     proc = _run(timeout=300)
     assert proc.returncode != 0
