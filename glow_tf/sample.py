@@ -26,10 +26,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from glow_tf import data, parallelism, summaries  # noqa: E402
+from glow_tf import _cli, data, parallelism, summaries  # noqa: E402
 from glow_tf.attributes import (  # noqa: E402
     DirectionAccumulator,
     Directions,
@@ -178,15 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 for a user error, reported on stderr)."""
     args = _parser().parse_args(argv)
     parallelism.configure_cpu_threads()
-    try:
-        model = load_inference_model(args.model, args.checkpoint)
-        paths = _COMMANDS[args.command](model, args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"glow_tf.sample {args.command}: error: {error}", file=sys.stderr)
-        return 1
-    for path in paths:
-        print(f"wrote {path}")
-    return 0
+    return _cli.run_model_command("glow_tf.sample", args, _COMMANDS)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
 import re  # noqa: E402
-import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from glow_tf import _validate, scoring  # noqa: E402
-from glow_tf.latent_tools import InferenceModel, load_inference_model  # noqa: E402
+from glow_tf import _cli, _validate, scoring  # noqa: E402
+from glow_tf.latent_tools import InferenceModel  # noqa: E402
 
 __all__ = ["main"]
 
@@ -118,15 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 for a user error, reported on stderr)."""
     args = _parser().parse_args(argv)
     # TensorFlow's default threads: the scoring graph (as exported) has no batch slices to spread over cores.
-    try:
-        model = load_inference_model(args.model, args.checkpoint)
-        paths = _COMMANDS[args.command](model, args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"glow_tf.score {args.command}: error: {error}", file=sys.stderr)
-        return 1
-    for path in paths:
-        print(f"wrote {path}")
-    return 0
+    return _cli.run_model_command("glow_tf.score", args, _COMMANDS)
 
 
 if __name__ == "__main__":
