@@ -1,6 +1,10 @@
 """Helpers shared by the tests; ``conftest.py`` serves ``make_test_config`` and ``tiny_model`` as fixtures."""
 
 import importlib
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -59,3 +63,17 @@ def tiny_model(image_shape, n_bits, num_classes=0, seed=0, num_steps=2, **glow_k
     model.initialize(quantization.dequantize(quantization.preprocess(images, n_bits), n_bits), labels)
     perturb(model, 0.05, seed)
     return model
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_json_script(script: str, *args: str, timeout: float = 240):
+    """Runs ``python -c script args`` in the repository (no ``TF_CONFIG``); returns the JSON its last line prints."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -481,13 +482,7 @@ print(json.dumps(out))
 
 @pytest.mark.slow
 def test_eval_scores_exactly_max_examples_on_two_replicas(test_config):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("TF_CONFIG", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", MIRRORED_EVAL], cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    counts = helpers.run_json_script(MIRRORED_EVAL, timeout=TIMEOUT)
     whole = data.dataset_info(test_config().data).num_test
     expected = {"0": whole, "100": 100, "1": 1, "64": 64}
     assert counts["two"] == expected and counts["one"] == expected

@@ -7,12 +7,10 @@ largest entry of that gradient (measured: ~1e-6). Checkpointing recomputes the s
 float operations: 1e-5. XLA fuses differently: 1e-4 relative.
 """
 
-import json
 import math
 import os
-import subprocess
-import sys
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -306,14 +304,7 @@ print(json.dumps(out))
 
 @pytest.mark.slow
 def test_reversible_backprop_under_mirrored_strategy_on_two_devices(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("TF_CONFIG", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", MIRRORED, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=TIMEOUT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = helpers.run_json_script(MIRRORED, str(tmp_path), timeout=TIMEOUT)
     one, two = out["one_standard"], out["two_reversible"]
     assert two["finite"] and one["finite"]
     assert math.isclose(one["loss"], two["loss"], rel_tol=1e-5)
