@@ -31,7 +31,7 @@ import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 from glow_tf import _validate, scoring  # noqa: E402
-from glow_tf.latent_tools import InferenceModel, load_inference_model  # noqa: E402
+from glow_tf.inference import InferenceModel, load_inference_model  # noqa: E402
 
 __all__ = ["main"]
 
