@@ -6,10 +6,12 @@ Runs the same ``tf.function`` as ``bench_model.py`` (built by
 Every op execution on the executor threads is attributed by
 
 * op type (after grappler / oneDNN rewrites, e.g. ``_MklNativeConv2DBackpropFilter``);
-* direction (``gradient_tape/`` ops are the backward pass, ``ResourceApply*`` the optimizer);
-* layer role, from the op's shapes in the traced graph: convolutions by their filter
-  shape (coupling conv1 / conv2 / conv_out, split prior, top prior, edge-bias
-  border), everything else by the spatial size of its output (level 0/1/2).
+* its name, which carries glow_tf's name scopes (``glow_tf._scopes``): the direction
+  (ops under ``gradients/`` or ``gradient_tape/`` are the backward pass,
+  ``ResourceApply*`` the optimizer), the level (``level0``) and the layer
+  (``coupling/conv1``, ``actnorm``, ``split_prior``, ...; the layers are read from the
+  names of the model's variables). Ops inside a level's traced flow-step function
+  serve every step, so times are per level and layer, summed over the steps.
 
 Times are summed op durations per step. With 2 inter-op threads two ops can run at
 once, so the sum can exceed the step's wall time; shares are of the summed time.
@@ -37,7 +39,6 @@ from _bench_systems import CONFIGS, RunOptions, _images, _import_tf, build_glow_
 from absl import flags
 
 _SKIP_PREFIXES = ("ThreadpoolListener", "ExecutorState")
-_CONV_TYPES = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "DepthwiseConv2dNative")
 
 flags.DEFINE_enum("config", "bench-32", sorted(CONFIGS), "Benchmark config.")
 flags.DEFINE_enum("fn", "train", ["train", "eval", "sample"], "The step to profile.")
@@ -50,102 +51,50 @@ flags.DEFINE_string("out", _harness.RESULTS, "Folder for the JSON result.")
 FLAGS = flags.FLAGS
 
 
-# ------------------------------------------------------------------ graph shapes
-def _shape(tensor) -> tuple[int, ...] | None:
-    dims = tensor.shape
-    if dims.rank is None:
-        return None
-    return tuple(-1 if d is None else int(d) for d in dims)
-
-
-def _filter_shape(op) -> tuple[int, ...] | None:
-    """Filter shape of a convolution op (forward or either gradient)."""
-    if op.type == "Conv2DBackpropFilter":
-        return _shape(op.outputs[0])
-    return _shape(op.inputs[1])
-
-
-def _level_of(spatial: int, config) -> str:
-    """Level index from an activation's spatial height."""
-    height = config.image_shape[0]
-    for level in range(config.num_levels):
-        if spatial == height // 2 ** (level + 1):
-            return f"L{level}"
-    return f"{spatial}px"
-
-
-def _conv_role(filt: tuple[int, ...], width: int) -> str:
-    kh, _, cin, cout = filt
-    if cin == 1:
-        return "edge-bias border conv"
-    if kh == 1 and cin == width and cout == width:
-        return "coupling conv2 1x1"
-    if kh == 3 and cout == width:
-        return "coupling conv1 3x3"
-    if kh == 3 and cin == width:
-        return "coupling conv_out 3x3"
-    if kh == 3:
-        return "prior conv 3x3 (split/top)"
-    return f"conv {filt}"
-
-
-def _activation_spatial(op, spatial_sizes: set[int]) -> int | None:
-    """Height of the largest activation (``[B, h, h, C]`` with ``h`` a level's size) an op touches."""
-    best, height = -1, None
-    for t in [*op.inputs, *op.outputs]:
-        s = _shape(t)
-        if s and len(s) == 4 and s[1] in spatial_sizes and s[1] == s[2]:
-            size = abs(s[0]) * s[1] * s[2] * s[3]
-            if size > best:
-                best, height = size, s[1]
-    return height
-
-
-def _conv_type(op_type: str) -> bool:
-    return any(op_type.replace("_MklNative", "").replace("_Mkl", "").endswith(t) for t in _CONV_TYPES)
-
-
-def _producer_conv(op, depth: int = 3):
-    """The nearest convolution feeding ``op`` (grappler fuses ``conv + add [+ relu]`` under the add's name)."""
-    frontier = [op]
-    for _ in range(depth):
-        frontier = [t.op for o in frontier for t in o.inputs]
-        for candidate in frontier:
-            if _conv_type(candidate.type):
-                return candidate
-    return None
-
-
-def describe_ops(graph, config) -> dict[str, dict[str, str]]:
-    """Op name -> ``{'role', 'conv_role', 'level'}`` for every op in the traced graph.
-
-    ``conv_role`` is the role of the op's own or nearest producing convolution: grappler
-    fuses ``conv + add`` into one kernel named after the add.
-    """
-    height = config.image_shape[0]
-    sizes = {height // 2 ** (level + 1) for level in range(config.num_levels)}
-    table = {}
-    for op in graph.get_operations():
-        conv = op if _conv_type(op.type) else _producer_conv(op)
-        conv_role = "conv"
-        if conv is not None:
-            filt = _filter_shape(conv)
-            conv_role = _conv_role(filt, config.hidden_width) if filt and len(filt) == 4 else "conv"
-        spatial = _activation_spatial(op, sizes)
-        table[op.name] = {
-            "role": conv_role if _conv_type(op.type) else "elementwise/other",
-            "conv_role": conv_role,
-            "level": _level_of(spatial, config) if spatial else "-",
-        }
-    return table
-
-
+# ------------------------------------------------------------------ names
+_LEVEL = re.compile(r"^level\d+$")
+_STEP = re.compile(r"^step\d*$")  # step3 where ops are traced per step; step inside a level's step function
+_GRADIENT_SCOPES = ("gradients", "gradient_tape")
 _GRAPPLER_PREFIX = re.compile(r"^[A-Za-z]+Optimizer/[A-Za-z]+_(Internal_\d+_)?")
+_WEIGHTLESS_LAYERS = ("squeeze",)  # glow_tf layers without variables (the others are named by their variables)
 
 
-def _lookup(described: dict[str, dict[str, str]], name: str) -> dict[str, str] | None:
-    """The description of a traced op, undoing grappler's renaming prefixes."""
-    return described.get(name) or described.get(_GRAPPLER_PREFIX.sub("", name))
+def layer_names(variables) -> set[str]:
+    """Every layer scope below the level and step scopes, from the variables' names.
+
+    ``level0/step3/coupling/conv1/actnorm/bias:0`` gives ``coupling``, ``coupling/conv1``
+    and ``coupling/conv1/actnorm`` (the scopes of ``glow_tf._scopes``).
+    """
+    names = set(_WEIGHTLESS_LAYERS)
+    for variable in variables:
+        parts = [p for p in variable.name.split(":")[0].split("/")[:-1] if not (_LEVEL.match(p) or _STEP.match(p))]
+        names.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return names
+
+
+def attribute(name: str, op_type: str, layers: set[str]) -> tuple[str, str, str]:
+    """``(direction, level, layer)`` of an executed op from its name.
+
+    The direction is ``optimizer`` (``ResourceApply*``), ``backward`` (an op under a
+    gradient scope) or ``forward``; the level is the innermost ``level{i}`` scope (``-``
+    outside the levels: top prior, loss, optimizer); the layer is the longest layer
+    scope that the rest of the name starts with, the level and step scopes left out
+    (``coupling/conv1`` for ``gradients/level0/step/coupling/conv1/Conv2D_grad/...``),
+    or ``(other)``: the slicing of the batch, the loss, tensors summed over layers.
+    """
+    parts = _GRAPPLER_PREFIX.sub("", name).split("/")[:-1]  # the scopes, without the op's own name
+    if op_type.startswith("ResourceApply"):
+        direction = "optimizer"
+    elif any(p in _GRADIENT_SCOPES for p in parts):
+        direction = "backward"
+    else:
+        direction = "forward"
+    parts = [p for p in parts if p not in _GRADIENT_SCOPES and not p.endswith("_grad")]
+    levels = [i for i, p in enumerate(parts) if _LEVEL.match(p)]
+    level = parts[levels[-1]] if levels else "-"
+    rest = [p for p in parts[levels[-1] + 1 :] if not _STEP.match(p)] if levels else parts
+    layer = next(("/".join(rest[:i]) for i in range(len(rest), 0, -1) if "/".join(rest[:i]) in layers), "(other)")
+    return direction, level, layer
 
 
 # ------------------------------------------------------------------ trace parsing
@@ -171,21 +120,13 @@ def read_op_events(logdir: str) -> list[tuple[str, str, float]]:
     return events
 
 
-def _direction(name: str, op_type: str) -> str:
-    if op_type.startswith("ResourceApply"):
-        return "optimizer"
-    return "backward" if name.startswith("gradient_tape/") else "forward"
-
-
-def aggregate(events, described, steps: int) -> dict[str, list[dict[str, Any]]]:
-    """Per-step milliseconds grouped by op type, by layer role and by (direction, level)."""
-    groups: dict[str, collections.Counter] = {k: collections.Counter() for k in ("op_type", "role", "dir_level")}
+def aggregate(events, layers: set[str], steps: int) -> dict[str, list[dict[str, Any]]]:
+    """Per-step milliseconds grouped by op type, by layer and direction, and by direction and level."""
+    groups: dict[str, collections.Counter] = {k: collections.Counter() for k in ("op_type", "layer", "dir_level")}
     counts: dict[str, collections.Counter] = {k: collections.Counter() for k in groups}
     for name, op_type, ms in events:
-        info = _lookup(described, name) or {"role": "unmatched", "conv_role": "unmatched", "level": "-"}
-        direction = _direction(name, op_type)
-        role = info["conv_role"] if _conv_type(op_type) else op_type
-        keys = {"op_type": op_type, "role": f"{role} [{direction}]", "dir_level": f"{direction} {info['level']}"}
+        direction, level, layer = attribute(name, op_type, layers)
+        keys = {"op_type": op_type, "layer": f"{layer} [{direction}]", "dir_level": f"{direction} {level}"}
         for group, key in keys.items():
             groups[group][key] += ms / steps
             counts[group][key] += 1
@@ -237,15 +178,14 @@ def main() -> dict[str, Any]:
             wall.append(time.perf_counter() - start)
         tf.profiler.experimental.stop()
         events = read_op_events(logdir)
-    graph = fn.get_concrete_function(*fn_args).graph
-    tables = aggregate(events, describe_ops(graph, config), FLAGS.steps)
+    tables = aggregate(events, layer_names(fn.get_concrete_function(*fn_args).variables), FLAGS.steps)
     wall_ms = 1000 * sorted(wall)[len(wall) // 2]
     summed = sum(r["ms_per_step"] for r in tables["op_type"])
     print(
         f"{FLAGS.fn} step at {FLAGS.config}: median wall {wall_ms:.1f} ms (profiler on), summed op time {summed:.1f} ms"
     )
     _print("by op type", tables["op_type"], FLAGS.top)
-    _print("by layer role and direction", tables["role"], FLAGS.top)
+    _print("by layer and direction", tables["layer"], FLAGS.top)
     _print("by direction and level", tables["dir_level"], FLAGS.top)
     report = {"config": FLAGS.config, "fn": FLAGS.fn, "wall_ms_median": wall_ms, "summed_op_ms": summed, **tables}
     path = _harness.write_json(

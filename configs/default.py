@@ -1,8 +1,9 @@
 """Defaults shared by every experiment: the original Glow's settings on one device.
 
-The schema (every field, with a comment on what it does) lives in
-``glow_tf/config_lib.py:default_config`` so that the library can reject unknown
-keys; the experiment files next to this one import it and change a few fields.
+The schema lives in ``glow_tf/config_lib.py:default_config`` (a comment on every
+field; the ``data.*`` fields are documented in ``glow_tf/data/config.py:default_config``)
+so that the library can reject unknown keys; the experiment files next to this one
+import it and change a few fields.
 Override any field on the command line, e.g. ``--config.train.batch_size=32``.
 """
 

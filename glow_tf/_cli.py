@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Mapping
 
-from glow_tf.latent_tools import load_inference_model
+from glow_tf.inference import load_inference_model
 
 
 def run_model_command(tool: str, args: argparse.Namespace, commands: Mapping[str, Callable]) -> int:

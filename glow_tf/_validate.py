@@ -1,4 +1,4 @@
-"""Argument checks shared by every module: one rule for integers, numbers and choices.
+"""Argument checks shared by every module: one rule for integers, seeds, numbers and choices.
 
 Integers may be Python or NumPy integers (``np.int64(10)`` is accepted wherever ``10``
 is); booleans are rejected even though ``bool`` subclasses ``int``. Every failure is a
@@ -11,7 +11,7 @@ import math
 import numbers
 from collections.abc import Sequence
 
-__all__ = ["integer", "positive_int", "number", "choice"]
+__all__ = ["integer", "positive_int", "seed", "number", "choice"]
 
 
 def integer(value, what: str, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -42,6 +42,11 @@ def integer(value, what: str, minimum: int | None = None, maximum: int | None = 
 def positive_int(value, what: str) -> int:
     """``integer(value, what, minimum=1)``."""
     return integer(value, what, minimum=1)
+
+
+def seed(value, what: str = "seed") -> int:
+    """A random seed: ``integer(value, what, minimum=0)``."""
+    return integer(value, what, minimum=0)
 
 
 def number(

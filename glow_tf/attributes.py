@@ -1,7 +1,7 @@
 """Attribute directions in latent space, as the original Glow's CelebA manipulation.
 
 For each binary attribute ``a`` over a labelled set of images with flattened
-deterministic encodings ``eps`` (see :class:`glow_tf.latent_tools.InferenceModel`)::
+deterministic encodings ``eps`` (see :class:`glow_tf.inference.InferenceModel`)::
 
     dz_a = mean(eps | a) - mean(eps | not a)
 
@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from glow_tf import data
-from glow_tf.latent_tools import InferenceModel, load_image
+from glow_tf.inference import InferenceModel
+from glow_tf.latent_tools import load_image
 
 __all__ = [
     "Directions",

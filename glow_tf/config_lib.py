@@ -1,7 +1,9 @@
 """The training configuration: its schema, defaults, validation and JSON round trip.
 
 Every experiment is an ``ml_collections.ConfigDict`` with the sections below
-(``configs/*.py`` start from :func:`default_config` and change a few fields)::
+(``configs/*.py`` start from :func:`default_config` and change a few fields).
+:func:`default_config` comments every field but those of ``data.*``, which
+``glow_tf.data.default_config`` documents::
 
     seed                 int: model init, data order, dequantisation noise, samples
     data.*               glow_tf.data.default_config() (dataset, image_size, n_bits, ...)
@@ -24,8 +26,8 @@ import os
 import ml_collections
 
 from glow_tf import _validate, data
+from glow_tf.bijectors import COMPUTE_DTYPES, COUPLING_KINDS, PERMUTATIONS
 from glow_tf.flow import BACKPROP_MODES
-from glow_tf.model import COMPUTE_DTYPES, PERMUTATIONS
 
 __all__ = [
     "default_config",
@@ -40,7 +42,6 @@ __all__ = [
     "RUN_IDENTITY_FIELDS",
 ]
 
-COUPLINGS = ("affine", "additive")
 PAPER_TEMPERATURES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -87,7 +88,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.n_init = 256  # images for the data-dependent actnorm init before step 0
     # Gradients through the flow steps (glow_tf.flow): "standard" keeps every activation; "checkpointing"
     # keeps each step's input and recomputes the step; "reversible" keeps only each level's output and
-    # rebuilds every step's input with its inverse (memory independent of K, ~1.3x the step time).
+    # rebuilds every step's input with its inverse (memory independent of K, for more compute; both measured by
+    # python benchmarks/scaling.py --grid=backprop).
     config.train.backprop = "standard"
     config.train.gradient_checkpointing = False  # older name: True means backprop = "checkpointing"
     config.train.jit_compile = False  # XLA for the loss-and-gradient computation (slower on CPUs; for GPUs)
@@ -135,8 +137,10 @@ def _int(value, name: str, minimum: int) -> int:
     return _validate.integer(value, f"config.{name}", minimum=minimum)
 
 
-def _float(value, name: str, low: float, high: float = math.inf, low_open: bool = False) -> float:
-    return _validate.number(value, f"config.{name}", low, high, low_open=low_open)
+def _float(
+    value, name: str, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False
+) -> float:
+    return _validate.number(value, f"config.{name}", low, high, low_open=low_open, high_open=high_open)
 
 
 def validate_config(config: ml_collections.ConfigDict, num_replicas: int | None = None) -> None:
@@ -152,22 +156,16 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int | None 
         ``2**num_levels``, batch not divisible by the replica count, ...).
     """
     _check_keys(config, default_config())
-    _int(config.seed, "seed", 0)
-    if config.data.name not in data.DATASETS:
-        raise ValueError(f"Unknown dataset config.data.name={config.data.name!r}; valid names are {data.DATASETS}.")
+    _validate.seed(config.seed, "config.seed")
+    _validate.choice(config.data.name, data.DATASETS, "dataset config.data.name")
     m = config.model
     _int(m.num_levels, "model.num_levels", 1)
     _int(m.num_steps, "model.num_steps", 1)
     _int(m.hidden_width, "model.hidden_width", 1)
-    if m.coupling not in COUPLINGS:
-        raise ValueError(f"Unknown config.model.coupling={m.coupling!r}; valid couplings are {COUPLINGS}.")
-    if m.permutation not in PERMUTATIONS:
-        raise ValueError(f"Unknown config.model.permutation={m.permutation!r}; valid values are {PERMUTATIONS}.")
+    _validate.choice(m.coupling, COUPLING_KINDS, "config.model.coupling")
+    _validate.choice(m.permutation, PERMUTATIONS, "config.model.permutation")
     _float(m.weight_y, "model.weight_y", 0.0)
-    if m.compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(
-            f"Unknown config.model.compute_dtype={m.compute_dtype!r}; valid compute dtypes are {COMPUTE_DTYPES}."
-        )
+    _validate.choice(m.compute_dtype, COMPUTE_DTYPES, "config.model.compute_dtype")
     if m.weight_y > 0 and not m.class_conditional:
         raise ValueError("config.model.weight_y > 0 needs config.model.class_conditional=True.")
     try:
@@ -177,16 +175,12 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int | None 
 
     o = config.optim
     _float(o.learning_rate, "optim.learning_rate", 0.0, low_open=True)
-    _float(o.beta1, "optim.beta1", 0.0, 1.0)
-    _float(o.beta2, "optim.beta2", 0.0, 1.0)
-    if o.beta1 >= 1.0 or o.beta2 >= 1.0:
-        raise ValueError(f"config.optim.beta1 and beta2 must be < 1, got {o.beta1!r}, {o.beta2!r}.")
+    _float(o.beta1, "optim.beta1", 0.0, 1.0, high_open=True)
+    _float(o.beta2, "optim.beta2", 0.0, 1.0, high_open=True)
     _float(o.epsilon, "optim.epsilon", 0.0, low_open=True)
     _int(o.warmup_images, "optim.warmup_images", 0)
     _float(o.grad_clip_norm, "optim.grad_clip_norm", 0.0)
-    _float(o.ema_decay, "optim.ema_decay", 0.0, 1.0)
-    if o.ema_decay >= 1.0:
-        raise ValueError(f"config.optim.ema_decay must be < 1 (0 disables EMA), got {o.ema_decay!r}.")
+    _float(o.ema_decay, "optim.ema_decay (0 disables EMA)", 0.0, 1.0, high_open=True)
 
     t = config.train
     _int(t.batch_size, "train.batch_size", 0)

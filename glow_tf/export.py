@@ -62,7 +62,7 @@ from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 
-from glow_tf import config_lib, data, metrics, quantization, train_lib  # noqa: E402
+from glow_tf import config_lib, data, metrics, quantization  # noqa: E402
 from glow_tf.model import Glow  # noqa: E402
 
 __all__ = [
@@ -310,7 +310,7 @@ def export_model(
 
     Args:
       model: an initialised ``Glow`` (its current weights are exported: swap EMA
-        weights in first, as ``train_lib.restore_for_inference`` does).
+        weights in first, as ``glow_tf.inference.restore_for_inference`` does).
       export_dir: the SavedModel folder to write.
       n_bits: bit depth of the data; ``None`` uses ``model.n_bits``.
       metadata: JSON-serialisable provenance (checkpoint, step, config, ...).
@@ -367,7 +367,9 @@ def export_from_workdir(workdir: str, checkpoint: str = "latest", export_dir: st
       FileNotFoundError: missing workdir, config.json or checkpoint.
       ValueError: unknown checkpoint kind.
     """
-    model, config, info = train_lib.restore_for_inference(workdir, checkpoint, with_info=True)
+    from glow_tf import inference  # here, not at the top: inference imports this module for InferenceModel
+
+    model, config, info = inference.restore_for_inference(workdir, checkpoint, with_info=True)
     export_dir = export_dir or os.path.join(workdir, "export", checkpoint)
     metadata = {
         "workdir": os.path.abspath(workdir),

@@ -14,6 +14,10 @@ outputs exist only once the whole call is done); each call computes the step's
 batch-independent tensors (folded kernels, ``W``, log-dets) itself, which costs
 little next to the convolutions.
 
+Names (:mod:`glow_tf._scopes`): the calls of step ``k`` run in the scope ``step{k}`` of
+the caller's (``Glow`` enters ``level{i}``); the traced step function's own ops, which
+serve every step, read ``level{i}/step/<layer>/...``.
+
 Gradients (``backprop``):
 
 * ``'standard'``: TensorFlow differentiates the step functions; every step's
@@ -36,11 +40,13 @@ Gradients (``backprop``):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import tensorflow as tf
 
 from glow_tf import nn
+from glow_tf._scopes import name_scope
 from glow_tf.bijectors import GlowBijector
 from glow_tf.bijectors.base import float_indices, place_gradients, zeros_for_none
 
@@ -55,13 +61,21 @@ class _Traced:
     ``call(inline, ...)`` runs ``fn`` itself instead when ``inline`` (the caller's graph
     then holds a copy per call: what XLA needs, as it recompiles a nested function's
     gradient on every call) or when executing eagerly (a one-off eager call would pay
-    for tracing and optimising the function more than it saves).
+    for tracing and optimising the function more than it saves). The traced
+    function builds its ops in the name scope ``scope`` (a function graph starts
+    outside every scope of its callers).
     """
 
-    def __init__(self, fn):
+    def __init__(self, fn, scope: str):
         self.fn = fn
+
+        @functools.wraps(fn)
+        def in_scope(*args):
+            with tf.name_scope(scope + "/"):
+                return fn(*args)
+
         self.traced = tf.function(
-            fn, autograph=False, reduce_retracing=True, experimental_attributes={"_noinline": True}
+            in_scope, autograph=False, reduce_retracing=True, experimental_attributes={"_noinline": True}
         )
 
     def call(self, inline: bool, *args):
@@ -74,21 +88,25 @@ class FlowSteps:
     Args:
       steps: the steps in encode order; all of the same configuration (step 0's
         layers supply the functions that run every step).
+      name: the level's name (``level0``); the traced step functions build their
+        ops in ``<name>/step``.
     """
 
-    def __init__(self, steps: Sequence[Sequence[GlowBijector]]):
+    def __init__(self, steps: Sequence[Sequence[GlowBijector]], name: str = "flow"):
         self.steps = [list(step) for step in steps]
         self.template = self.steps[0]
         self._sizes = [len(layer.weights()) for layer in self.template]
-        self._encode_fn = _Traced(self._encode_step)
-        self._decode_fn = _Traced(self._decode_step)
-        self._vjp_fn = _Traced(self._step_vjp)
-        self._reverse_vjp_fn = _Traced(self._reverse_step_vjp)
+        scope = f"{name}/step"
+        self._encode_fn = _Traced(self._encode_step, scope)
+        self._decode_fn = _Traced(self._decode_step, scope)
+        self._vjp_fn = _Traced(self._step_vjp, scope)
+        self._reverse_vjp_fn = _Traced(self._reverse_step_vjp, scope)
 
     # ---------------------------------------------------------- one step's maths
     def step_weights(self, k: int) -> tuple[tf.Tensor, ...]:
         """Step ``k``'s weights, its layers' ``weights()`` one after the other."""
-        return tuple(w for layer in self.steps[k] for w in layer.weights())
+        with name_scope(f"step{k}"):
+            return tuple(w for layer in self.steps[k] for w in layer.weights())
 
     def _per_layer(self, weights: Sequence[tf.Tensor]) -> list[tuple]:
         out, start = [], 0
@@ -151,12 +169,13 @@ class FlowSteps:
         if backprop == "reversible":
             return self._reversible(xs, weights, inline)
         totals = [tf.zeros(tf.shape(x)[:1], x.dtype) for x in xs]
-        for w in weights:
-            if backprop == "checkpointing":
-                xs, lds = self._checkpointed(xs, w, inline)
-            else:
-                xs, lds = self._encode_fn.call(inline, xs, w)
-            totals = [t + ld for t, ld in zip(totals, lds)]
+        for k, w in enumerate(weights):
+            with name_scope(f"step{k}"):
+                if backprop == "checkpointing":
+                    xs, lds = self._checkpointed(xs, w, inline)
+                else:
+                    xs, lds = self._encode_fn.call(inline, xs, w)
+                totals = [t + ld for t, ld in zip(totals, lds)]
         return xs, totals
 
     def decode(self, zs: list, inline: bool = False) -> list:
@@ -164,17 +183,20 @@ class FlowSteps:
         out = []
         for z in zs:
             for k in reversed(range(len(self.steps))):
-                (z,) = self._decode_fn.call(inline, [z], self.step_weights(k))
+                weights = self.step_weights(k)
+                with name_scope(f"step{k}"):
+                    (z,) = self._decode_fn.call(inline, [z], weights)
             out.append(z)
         return out
 
     def _initialize(self, xs: list) -> tuple[list, list]:
         totals = [tf.zeros(tf.shape(x)[:1], x.dtype) for x in xs]
-        for step in self.steps:
-            for layer in step:
-                outs = [layer.inverse_and_log_det(x) for x in xs]
-                xs = [z for z, _ in outs]
-                totals = [t + ld for t, (_, ld) in zip(totals, outs)]
+        for k, step in enumerate(self.steps):
+            with name_scope(f"step{k}"):
+                for layer in step:
+                    outs = [layer.inverse_and_log_det(x) for x in xs]
+                    xs = [z for z, _ in outs]
+                    totals = [t + ld for t, (_, ld) in zip(totals, outs)]
         return xs, totals
 
     def _checkpointed(self, xs: list, weights: tuple, inline: bool) -> tuple[list, list]:
@@ -206,17 +228,19 @@ class FlowSteps:
             steps = [tuple(flat[n + k * size : n + (k + 1) * size]) for k in range(len(weights))]
             zs = list(flat[:n])
             totals = [tf.zeros(tf.shape(x)[:1], x.dtype) for x in zs]
-            for w in steps:
-                zs, lds = self._encode_fn.call(inline, zs, w)
-                totals = [t + ld for t, ld in zip(totals, lds)]
+            for k, w in enumerate(steps):
+                with name_scope(f"step{k}"):
+                    zs, lds = self._encode_fn.call(inline, zs, w)
+                    totals = [t + ld for t, ld in zip(totals, lds)]
             outputs = [*zs, *totals]
 
             def grad(*upstream):
                 upstream = zeros_for_none(upstream, outputs)
                 ys, dys, dlds = zs, upstream[:n], upstream[n:]
                 dweights = []
-                for w in reversed(steps):
-                    ys, dys, dw = self._reverse_vjp_fn.call(inline, ys, w, dys, dlds)
+                for k in reversed(range(len(steps))):
+                    with name_scope(f"step{k}"):
+                        ys, dys, dw = self._reverse_vjp_fn.call(inline, ys, steps[k], dys, dlds)
                     dweights.append(dw)
                 return [*dys, *(g for dw in reversed(dweights) for g in dw)]
 

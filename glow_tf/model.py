@@ -10,9 +10,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from glow_tf import _validate, metrics, nn
+from glow_tf import _validate, metrics, nn, parallelism
+from glow_tf._scopes import name_scope
 from glow_tf.bijectors import (
+    COMPUTE_DTYPES,
     COUPLING_KINDS,
+    PERMUTATIONS,
     ActNorm,
     AdditiveCoupling,
     AffineCoupling,
@@ -32,9 +35,7 @@ from glow_tf.quantization import validate_n_bits
 tfb = tfp.bijectors
 tfd = tfp.distributions
 
-__all__ = ["Glow", "PERMUTATIONS", "standard_normal_log_prob"]
-
-PERMUTATIONS = ("invconv", "shuffle", "reverse")
+__all__ = ["Glow", "COMPUTE_DTYPES", "PERMUTATIONS", "standard_normal_log_prob"]
 
 
 def standard_normal_log_prob(eps: tf.Tensor) -> tf.Tensor:
@@ -56,7 +57,7 @@ class _Level(tf.Module):
         self.layers = layers
         self.split_prior = split_prior
         self.kept_channels = kept_channels
-        self.flow = FlowSteps(self.steps)  # a plain object: the variables stay tracked through `layers`
+        self.flow = FlowSteps(self.steps, name)  # a plain object: the variables stay tracked through `layers`
 
     @property
     def squeeze(self) -> Squeeze:
@@ -85,33 +86,12 @@ class _Encoded(NamedTuple):
     level_terms: tf.Tensor
 
 
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-
-
 def _compute_dtype(value, dtype: tf.DType) -> tf.DType:
     """The coupling networks' dtype: ``dtype`` when None, else one of :data:`COMPUTE_DTYPES`."""
     if value is None:
         return tf.as_dtype(dtype)
     name = value.name if isinstance(value, tf.DType) else str(value)
-    if name not in COMPUTE_DTYPES:
-        raise ValueError(f"Unknown compute_dtype {value!r}; valid compute dtypes are {COMPUTE_DTYPES}.")
-    return tf.as_dtype(name)
-
-
-def _slice_batch(structure, start: tf.Tensor, stop: tf.Tensor):
-    """``t[start:stop]`` for every tensor ``t`` in a nested structure (None stays None)."""
-    return tf.nest.map_structure(lambda t: None if t is None else t[start:stop], structure)
-
-
-def _map_slice_lists(fn, structure):
-    """``fn`` on every list of per-slice tensors in a walk's output (lists, tuples and named tuples of them)."""
-    if isinstance(structure, list) and all(isinstance(v, tf.Tensor) for v in structure):
-        return fn(structure)
-    if isinstance(structure, tuple) and hasattr(structure, "_fields"):
-        return type(structure)(*(_map_slice_lists(fn, s) for s in structure))
-    if isinstance(structure, (list, tuple)):
-        return type(structure)(_map_slice_lists(fn, s) for s in structure)
-    return structure
+    return tf.as_dtype(_validate.choice(name, COMPUTE_DTYPES, "compute_dtype"))
 
 
 class Glow(tf.Module):
@@ -168,6 +148,12 @@ class Glow(tf.Module):
     XLA, which would otherwise recompile the nested functions' gradients on every
     call (the Trainer does this under ``train.jit_compile``).
 
+    Names (:mod:`glow_tf._scopes`): level ``i``'s layers are built in the name scope
+    ``level{i}`` and its step ``k`` in ``level{i}/step{k}``, each layer named by its role
+    (``actnorm``, ``invconv`` / ``shuffle`` / ``reverse``, ``coupling``, ``squeeze``,
+    ``split_prior``; then ``top_prior`` and ``classifier``), so variables read
+    ``level0/step3/coupling/conv1/kernel``, and the passes build their ops in the same scopes.
+
     Raises:
       ValueError: naming any argument outside its valid range.
     """
@@ -201,10 +187,8 @@ class Glow(tf.Module):
         self.num_steps = _validate.positive_int(num_steps, "num_steps")
         self.hidden_width = _validate.positive_int(hidden_width, "hidden_width")
         self.n_bits = validate_n_bits(n_bits)
-        if coupling not in COUPLING_KINDS:
-            raise ValueError(f"Unknown coupling {coupling!r}; valid couplings are {COUPLING_KINDS}.")
-        if permutation not in PERMUTATIONS:
-            raise ValueError(f"Unknown permutation {permutation!r}; valid permutations are {PERMUTATIONS}.")
+        _validate.choice(coupling, COUPLING_KINDS, "coupling")
+        _validate.choice(permutation, PERMUTATIONS, "permutation")
         num_classes = _validate.integer(num_classes, "num_classes", minimum=0)
         weight_y = _validate.number(weight_y, "weight_y", 0.0)
         height, width, _ = self.image_shape
@@ -232,16 +216,20 @@ class Glow(tf.Module):
         # the caller's graph, which XLA needs (it recompiles a nested function's gradient on every call).
         self.step_functions = True
 
+        # Layers are built in the name scopes level{i} and level{i}/step{k} (glow_tf._scopes), so that their
+        # variables read level0/step3/coupling/conv1/kernel.
         rng = np.random.default_rng(seed)
         levels, latent_shapes = [], []
         shape = list(self.image_shape)
         for i in range(self.num_levels):
             shape = squeezed_shape(shape)
-            layers = [Squeeze(name=f"level{i}_squeeze")]
-            for k in range(self.num_steps):
-                layers += self._flow_step(shape[-1], f"level{i}_step{k}", rng)
-            if i < self.num_levels - 1:
-                split = SplitPrior(shape[-1], dtype=dtype, name=f"level{i}_split_prior")
+            with tf.name_scope(f"level{i}"):
+                layers = [Squeeze(name="squeeze")]
+                for k in range(self.num_steps):
+                    with tf.name_scope(f"step{k}"):
+                        layers += self._flow_step(shape[-1], rng)
+                split = SplitPrior(shape[-1], dtype=dtype, name="split_prior") if i < self.num_levels - 1 else None
+            if split is not None:
                 kept = split.split_channels
                 latent_shapes.append((shape[0], shape[1], shape[2] - kept))
                 levels.append(_Level(layers, split, kept, name=f"level{i}"))
@@ -263,27 +251,19 @@ class Glow(tf.Module):
         self.distribution = tfd.TransformedDistribution(base, self.bijector, name="glow_distribution")
 
     # ------------------------------------------------------------------ build
-    def _flow_step(self, channels: int, prefix: str, rng: np.random.Generator) -> list[tfb.Bijector]:
+    def _flow_step(self, channels: int, rng: np.random.Generator) -> list[tfb.Bijector]:
+        """``[actnorm, permutation, coupling]``, named by their role (the step's scope tells the steps apart)."""
         dtype = self.dtype
-        layers = [ActNorm(channels, dtype=dtype, name=f"{prefix}_actnorm")]
+        layers = [ActNorm(channels, dtype=dtype, name="actnorm")]
         if self.permutation == "invconv":
             conv = LUInvertibleConv1x1 if self.lu_decomposed else InvertibleConv1x1
-            layers.append(conv(channels, seed=rng, dtype=dtype, name=f"{prefix}_invconv"))
+            layers.append(conv(channels, seed=rng, dtype=dtype, name="invconv"))
         else:
-            layers.append(
-                ChannelPermutation(
-                    channels, self.permutation, seed=rng, dtype=dtype, name=f"{prefix}_{self.permutation}"
-                )
-            )
+            layers.append(ChannelPermutation(channels, self.permutation, seed=rng, dtype=dtype, name=self.permutation))
         coupling = AffineCoupling if self.coupling == "affine" else AdditiveCoupling
         layers.append(
             coupling(
-                channels,
-                self.hidden_width,
-                seed=rng,
-                dtype=dtype,
-                compute_dtype=self.compute_dtype,
-                name=f"{prefix}_coupling",
+                channels, self.hidden_width, seed=rng, dtype=dtype, compute_dtype=self.compute_dtype, name="coupling"
             )
         )
         return layers
@@ -386,56 +366,12 @@ class Glow(tf.Module):
         self._backprop = "checkpointing" if value else "standard"
 
     def _map_shards(self, walk, *args):
-        """``walk`` over ``batch_shards`` slices of the batch, outputs concatenated on axis 0.
+        """``walk`` over ``batch_shards`` slices of the batch (:func:`glow_tf.parallelism.map_shards`).
 
-        ``walk`` takes one list of slices per argument (every argument a tensor, a
-        list of tensors or None, with the batch first) and returns a structure of
-        such lists; it must compute each example independently. Slice ``i`` owns
-        examples ``[B i / n, B (i + 1) / n)``; a slice that would be empty (``B < n``)
-        computes one neighbouring example instead and keeps none of its outputs,
-        as some CPU kernels mishandle empty batches. For the same reason a batch
-        that may be empty (its size unknown when traced, or 0) runs with one zero
-        example appended whose outputs are dropped, so ``B = 0`` gives empty outputs.
-        The data-dependent init needs statistics over the whole batch, so it is
-        never sharded.
+        The data-dependent init needs statistics over the whole batch, so it is never sharded.
         """
-        first_arg = tf.nest.flatten(args)[0]
-        if first_arg.shape[0] is not None and first_arg.shape[0] > 0:
-            return self._map_nonempty_shards(walk, args)
-        batch = tf.shape(first_arg)[0]
-        missing = tf.maximum(1 - batch, 0)
-
-        def pad(t):
-            if t is None:
-                return None
-            padded = tf.concat([t, tf.zeros(tf.concat([[missing], tf.shape(t)[1:]], 0), t.dtype)], 0)
-            padded.set_shape(tf.TensorShape([None]).concatenate(t.shape[1:]))
-            return padded
-
-        out = self._map_nonempty_shards(walk, tf.nest.map_structure(pad, args))
-        return tf.nest.map_structure(lambda t: t[:batch], out)
-
-    def _map_nonempty_shards(self, walk, args):
-        """:meth:`_map_shards` for a batch of at least one example."""
         shards = 1 if nn.in_data_dependent_init() else self.batch_shards
-        batch = tf.shape(tf.nest.flatten(args)[0])[0]
-        if shards == 1:
-            kept = [args]
-            bounds = None
-        else:
-            kept, bounds = [], []
-            for i in range(shards):
-                start, stop = (batch * i) // shards, (batch * (i + 1)) // shards
-                first = tf.minimum(start, batch - 1)
-                last = tf.maximum(stop, first + 1)
-                kept.append(_slice_batch(args, first, last))
-                bounds.append((start - first, stop - first))
-        # One list of slices per argument (for a list argument, one list per entry).
-        per_arg = [tf.nest.map_structure(lambda *parts: list(parts), *parts) for parts in zip(*kept)]
-        outputs = walk(*per_arg)
-        if bounds is None:
-            return _map_slice_lists(lambda parts: parts[0], outputs)
-        return _map_slice_lists(lambda parts: tf.concat([t[a:b] for t, (a, b) in zip(parts, bounds)], 0), outputs)
+        return parallelism.map_shards(walk, args, shards)
 
     def _encode_with_log_det(self, x: tf.Tensor, labels=None) -> _Encoded:
         """:meth:`_encode_walk` over ``batch_shards`` slices of the batch."""
@@ -449,16 +385,18 @@ class Glow(tf.Module):
         totals = [tf.zeros(tf.shape(x)[:1], x.dtype) for x in xs]
         latents, flow_terms, prior_log_dets = [], [], []
         for level in self.levels:
-            xs = [squeeze2d(x, level.squeeze.factor) for x in xs]  # volume preserving
-            xs, level_log_dets = level.flow.encode(xs, self.backprop, inline=not self.step_functions)
-            totals = [t + ld for t, ld in zip(totals, level_log_dets)]
-            flow_terms.append(level_log_dets)
-            if level.split_prior is not None:
-                xs, log_dets = self._encode_layer(level.split_prior, xs)
-                totals = [t + ld for t, ld in zip(totals, log_dets)]
-                prior_log_dets.append(log_dets)
-                latents.append([x[..., level.kept_channels :] for x in xs])
-                xs = [x[..., : level.kept_channels] for x in xs]
+            with name_scope(level.name):
+                with name_scope(level.squeeze.name):
+                    xs = [squeeze2d(x, level.squeeze.factor) for x in xs]  # volume preserving
+                xs, level_log_dets = level.flow.encode(xs, self.backprop, inline=not self.step_functions)
+                totals = [t + ld for t, ld in zip(totals, level_log_dets)]
+                flow_terms.append(level_log_dets)
+                if level.split_prior is not None:
+                    xs, log_dets = self._encode_layer(level.split_prior, xs)
+                    totals = [t + ld for t, ld in zip(totals, log_dets)]
+                    prior_log_dets.append(log_dets)
+                    latents.append([x[..., level.kept_channels :] for x in xs])
+                    xs = [x[..., : level.kept_channels] for x in xs]
         eps, log_dets = self._encode_layer(self.top_prior, xs, labels)
         latents.append(eps)
         prior_log_dets.append(log_dets)
@@ -486,13 +424,15 @@ class Glow(tf.Module):
         zs = [self.top_prior.decode_with(prepared, eps, labels=y) for eps, y in zip(latents[-1], labels)]
         for i in reversed(range(self.num_levels)):
             level = self.levels[i]
-            if level.split_prior is not None:
-                zs = [tf.concat([z, eps], axis=-1) for z, eps in zip(zs, latents[i])]
-                split = level.split_prior
-                prepared = split.prepare(split.weights(), zs[0].shape[-3:], decode=True)
-                zs = [split.decode_with(prepared, z) for z in zs]
-            zs = level.flow.decode(zs, inline=not self.step_functions)
-            zs = [unsqueeze2d(z, level.squeeze.factor) for z in zs]
+            with name_scope(level.name):
+                if level.split_prior is not None:
+                    zs = [tf.concat([z, eps], axis=-1) for z, eps in zip(zs, latents[i])]
+                    split = level.split_prior
+                    prepared = split.prepare(split.weights(), zs[0].shape[-3:], decode=True)
+                    zs = [split.decode_with(prepared, z) for z in zs]
+                zs = level.flow.decode(zs, inline=not self.step_functions)
+                with name_scope(level.squeeze.name):
+                    zs = [unsqueeze2d(z, level.squeeze.factor) for z in zs]
         return zs
 
     # ------------------------------------------------------------- public API

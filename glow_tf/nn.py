@@ -30,6 +30,10 @@ reads the variables into a tuple of tensors, ``prepare(weights, ...)`` derives
 what does not depend on the batch (folded kernels and border maps) and
 ``apply(prepared, x)`` is the batch-dependent rest. ``__call__`` chains the three
 (and, inside :func:`data_dependent_init`, initialises the actnorms first).
+
+Every module creates its variables in its own name scope and runs its methods in
+it (:mod:`glow_tf._scopes`): a coupling network's first kernel reads
+``<layer>/conv1/kernel`` and its ops ``<layer>/conv1/Conv2D``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from glow_tf import _validate
+from glow_tf._scopes import name_scope, scoped
 
 __all__ = [
     "ActNormModule",
@@ -117,10 +122,12 @@ class ActNormModule(tf.Module):
         super().__init__(name=name)
         self.channels = int(channels)
         self.scale = float(scale)
-        self.bias = tf.Variable(tf.zeros([channels], dtype), name="bias")
-        self.logs = tf.Variable(tf.zeros([channels], dtype), name="logs")
-        self.initialized = tf.Variable(False, trainable=False, name="initialized")
+        with self.name_scope:
+            self.bias = tf.Variable(tf.zeros([channels], dtype), name="bias")
+            self.logs = tf.Variable(tf.zeros([channels], dtype), name="logs")
+            self.initialized = tf.Variable(False, trainable=False, name="initialized")
 
+    @scoped
     def weights(self) -> tuple[tf.Tensor, tf.Tensor]:
         """``(b, logs)`` as tensors."""
         return tf.convert_to_tensor(self.bias), tf.convert_to_tensor(self.logs)
@@ -129,6 +136,7 @@ class ActNormModule(tf.Module):
         """Per-channel ``3 * logs``: the log of the multiplicative scale."""
         return self.logs * LOGSCALE_FACTOR
 
+    @scoped
     def initialize(self, x: tf.Tensor) -> None:
         """Sets bias and scale from the batch statistics of ``x``."""
         axes = list(range(len(x.shape) - 1))
@@ -138,11 +146,13 @@ class ActNormModule(tf.Module):
         self.logs.assign(tf.math.log(self.scale / (std + 1e-6)) / LOGSCALE_FACTOR)
         self.initialized.assign(True)
 
+    @scoped
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         if in_data_dependent_init():
             self.initialize(x)
         return actnorm(x, *self.weights())
 
+    @scoped
     def inverse(self, y: tf.Tensor) -> tf.Tensor:
         """``x = y * exp(-3 * logs) - b``."""
         return actnorm_inverse(y, *self.weights())
@@ -265,12 +275,15 @@ class Conv2D(tf.Module):
         super().__init__(name=name)
         shape = _kernel_shape(in_channels, out_channels, kernel_size)
         init = _rng(seed).normal(0.0, _INIT_STD, shape)
-        self.kernel = tf.Variable(tf.constant(init, dtype), name="kernel")
-        self.actnorm = ActNormModule(out_channels, dtype=dtype, name="actnorm")
+        with self.name_scope:
+            self.kernel = tf.Variable(tf.constant(init, dtype), name="kernel")
+            self.actnorm = ActNormModule(out_channels, dtype=dtype, name="actnorm")
 
+    @scoped
     def weights(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         return (tf.convert_to_tensor(self.kernel), *self.actnorm.weights())
 
+    @scoped
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         if in_data_dependent_init():
             return self.actnorm(edge_bias_conv2d(x, self.kernel))
@@ -293,13 +306,16 @@ class Conv2DZeros(tf.Module):
     ):
         super().__init__(name=name)
         shape = _kernel_shape(in_channels, out_channels, kernel_size)
-        self.kernel = tf.Variable(tf.zeros(shape, dtype), name="kernel")
-        self.bias = tf.Variable(tf.zeros([out_channels], dtype), name="bias")
-        self.logs = tf.Variable(tf.zeros([out_channels], dtype), name="logs")
+        with self.name_scope:
+            self.kernel = tf.Variable(tf.zeros(shape, dtype), name="kernel")
+            self.bias = tf.Variable(tf.zeros([out_channels], dtype), name="bias")
+            self.logs = tf.Variable(tf.zeros([out_channels], dtype), name="logs")
 
+    @scoped
     def weights(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         return tf.convert_to_tensor(self.kernel), tf.convert_to_tensor(self.bias), tf.convert_to_tensor(self.logs)
 
+    @scoped
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         return apply_folded_conv(x, *fold_scaled_conv(self.weights(), *_spatial(x), x.dtype))
 
@@ -309,10 +325,12 @@ class LinearZeros(tf.Module):
 
     def __init__(self, in_features: int, out_features: int, dtype: tf.DType = tf.float32, name: str | None = None):
         super().__init__(name=name)
-        self.kernel = tf.Variable(tf.zeros([in_features, out_features], dtype), name="kernel")
-        self.bias = tf.Variable(tf.zeros([out_features], dtype), name="bias")
-        self.logs = tf.Variable(tf.zeros([out_features], dtype), name="logs")
+        with self.name_scope:
+            self.kernel = tf.Variable(tf.zeros([in_features, out_features], dtype), name="kernel")
+            self.bias = tf.Variable(tf.zeros([out_features], dtype), name="bias")
+            self.logs = tf.Variable(tf.zeros([out_features], dtype), name="logs")
 
+    @scoped
     def weights(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         return tf.convert_to_tensor(self.kernel), tf.convert_to_tensor(self.bias), tf.convert_to_tensor(self.logs)
 
@@ -322,6 +340,7 @@ class LinearZeros(tf.Module):
         kernel, bias, logs = weights
         return (tf.matmul(x, kernel) + bias) * tf.exp(logs * LOGSCALE_FACTOR)
 
+    @scoped
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         return self.apply(self.weights(), x)
 
@@ -355,24 +374,40 @@ class CouplingNetwork(tf.Module):
         self.dtype = tf.as_dtype(dtype)
         self.compute_dtype = tf.as_dtype(compute_dtype or dtype)
         rng = _rng(seed)
-        self.conv1 = Conv2D(in_channels, hidden_width, 3, seed=rng, dtype=dtype, name="conv1")
-        self.conv2 = Conv2D(hidden_width, hidden_width, 1, seed=rng, dtype=dtype, name="conv2")
-        self.conv_out = Conv2DZeros(hidden_width, out_channels, 3, dtype=dtype, name="conv_out")
+        with self.name_scope:
+            self.conv1 = Conv2D(in_channels, hidden_width, 3, seed=rng, dtype=dtype, name="conv1")
+            self.conv2 = Conv2D(hidden_width, hidden_width, 1, seed=rng, dtype=dtype, name="conv2")
+            self.conv_out = Conv2DZeros(hidden_width, out_channels, 3, dtype=dtype, name="conv_out")
 
+    @property
+    def convs(self) -> tuple[Conv2D, Conv2D, Conv2DZeros]:
+        """``(conv1, conv2, conv_out)``."""
+        return self.conv1, self.conv2, self.conv_out
+
+    @scoped
     def weights(self) -> tuple[tf.Tensor, ...]:
         return (*self.conv1.weights(), *self.conv2.weights(), *self.conv_out.weights())
 
+    @scoped
     def prepare(self, weights: tuple, height: int, width: int) -> tuple:
         """The three folded convolutions ``((K1, offset1), (K2, bias2), (K3, offset3))`` in the compute dtype."""
-        return tuple(fold_scaled_conv(weights[i : i + 3], height, width, self.compute_dtype) for i in (0, 3, 6))
+        folded = []
+        for i, conv in enumerate(self.convs):
+            with name_scope(conv.name):
+                folded.append(fold_scaled_conv(weights[3 * i : 3 * i + 3], height, width, self.compute_dtype))
+        return tuple(folded)
 
+    @scoped
     def apply(self, prepared: tuple, x: tf.Tensor) -> tf.Tensor:
         """``f(x)`` from :meth:`prepare`'s output (``x`` and the result in ``dtype``)."""
-        (k1, o1), (k2, o2), (k3, o3) = prepared
-        h = tf.nn.relu(apply_folded_conv(tf.cast(x, self.compute_dtype), k1, o1))
-        h = tf.nn.relu(apply_folded_conv(h, k2, o2))
-        return tf.cast(apply_folded_conv(h, k3, o3), self.dtype)
+        h = tf.cast(x, self.compute_dtype)
+        for conv, (kernel, offset) in zip(self.convs, prepared):
+            with name_scope(conv.name):
+                h = apply_folded_conv(h, kernel, offset)
+                h = tf.cast(h, self.dtype) if conv is self.conv_out else tf.nn.relu(h)
+        return h
 
+    @scoped
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         if in_data_dependent_init():  # layer by layer, each actnorm initialised on what reaches it
             return self.conv_out(tf.nn.relu(self.conv2(tf.nn.relu(self.conv1(x)))))

@@ -20,6 +20,8 @@ import ml_collections
 import tensorflow as tf
 import tf_keras
 
+from glow_tf import _validate
+
 __all__ = [
     "apply_adamax",
     "LinearWarmup",
@@ -74,8 +76,8 @@ def create_slots(optimizer: tf_keras.optimizers.legacy.Optimizer, variables: Seq
     """Creates the optimizer's slot variables now (inside the strategy scope), not on the first update.
 
     Slots that exist before the training step is traced keep variable creation
-    out of the compiled step (which updates under a ``tf.cond``), and a checkpoint
-    restore fills them directly instead of deferring.
+    out of the traced step (the Keras step updates under a ``tf.cond``, which cannot
+    create them), and a checkpoint restore fills them directly instead of deferring.
     """
     optimizer._create_all_weights(list(variables))  # the legacy OptimizerV2 hook its apply_gradients uses
 
@@ -171,9 +173,7 @@ class ExponentialMovingAverage(tf.Module):
 
     def __init__(self, variables: Sequence[tf.Variable], decay: float, name: str = "ema"):
         super().__init__(name=name)
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must lie in (0, 1), got {decay!r}.")
-        self.decay = float(decay)
+        self.decay = _validate.number(decay, "EMA decay", 0.0, 1.0, low_open=True, high_open=True)
         self._refs = tuple(v.ref() for v in variables)  # references: not a checkpoint dependency of the EMA
         self._strategy = tf.distribute.get_strategy()  # the strategy whose scope created the variables
         self.averages = [

@@ -1,12 +1,13 @@
-"""CPU parallelism: one thread per op, one batch shard per core.
+"""CPU parallelism: one thread per op, one batch slice per core, and the slicing itself.
 
 Glow's ops at the usual sizes (a 3x3 convolution over ``16 x 16 x 12`` maps, a
-``12 x 12`` matmul over every position) are too small to split well over threads:
-TensorFlow's default (every op over every core) keeps 2 cores busy for ~1.6x the
-work. Splitting the batch into independent shards inside the graph instead gives
-the executor ``shards`` chains of single-threaded ops to run side by side. On the
-2-core bench-32 model that is ~1.3x faster training and sampling (see the
-README's performance table). On GPUs and TPUs nothing changes.
+``12 x 12`` matmul over every position) are too small to split well over threads.
+Splitting the batch into independent slices inside the graph instead
+(:func:`map_shards`, ``Glow.batch_shards``) gives the executor one chain of
+single-threaded ops per slice to run side by side. How much that gains on a given
+machine: ``python benchmarks/bench_model.py --systems glow_tf_trainer
+glow_tf_trainer_tf_threads`` (one slice per core against TensorFlow's default
+threading). On GPUs and TPUs nothing changes.
 
 Usage (before TensorFlow runs its first op)::
 
@@ -25,7 +26,7 @@ from absl import logging
 
 from glow_tf import _validate
 
-__all__ = ["available_cores", "has_accelerator", "configure_cpu_threads", "auto_batch_shards"]
+__all__ = ["available_cores", "has_accelerator", "configure_cpu_threads", "auto_batch_shards", "map_shards"]
 
 
 def available_cores() -> int:
@@ -77,3 +78,71 @@ def auto_batch_shards() -> int:
     if has_accelerator() or tf.config.threading.get_intra_op_parallelism_threads() != 1:
         return 1
     return max(1, tf.config.threading.get_inter_op_parallelism_threads() or available_cores())
+
+
+# ------------------------------------------------------------------ batch slices
+def _slice_batch(structure, start: tf.Tensor, stop: tf.Tensor):
+    """``t[start:stop]`` for every tensor ``t`` in a nested structure (None stays None)."""
+    return tf.nest.map_structure(lambda t: None if t is None else t[start:stop], structure)
+
+
+def _map_slice_lists(fn, structure):
+    """``fn`` on every list of per-slice tensors in a walk's output (lists, tuples and named tuples of them)."""
+    if isinstance(structure, list) and all(isinstance(v, tf.Tensor) for v in structure):
+        return fn(structure)
+    if isinstance(structure, tuple) and hasattr(structure, "_fields"):
+        return type(structure)(*(_map_slice_lists(fn, s) for s in structure))
+    if isinstance(structure, (list, tuple)):
+        return type(structure)(_map_slice_lists(fn, s) for s in structure)
+    return structure
+
+
+def map_shards(walk, args: tuple, shards: int):
+    """``walk`` over ``shards`` slices of the batch, outputs concatenated on axis 0.
+
+    ``walk`` takes one list of slices per argument (every argument a tensor, a
+    list of tensors or None, with the batch first) and returns a structure of
+    such lists; it must compute each example independently. Slice ``i`` owns
+    examples ``[B i / n, B (i + 1) / n)``; a slice that would be empty (``B < n``)
+    computes one neighbouring example instead and keeps none of its outputs,
+    as some CPU kernels mishandle empty batches. For the same reason a batch
+    that may be empty (its size unknown when traced, or 0) runs with one zero
+    example appended whose outputs are dropped, so ``B = 0`` gives empty outputs.
+    """
+    first_arg = tf.nest.flatten(args)[0]
+    if first_arg.shape[0] is not None and first_arg.shape[0] > 0:
+        return _map_nonempty_shards(walk, args, shards)
+    batch = tf.shape(first_arg)[0]
+    missing = tf.maximum(1 - batch, 0)
+
+    def pad(t):
+        if t is None:
+            return None
+        padded = tf.concat([t, tf.zeros(tf.concat([[missing], tf.shape(t)[1:]], 0), t.dtype)], 0)
+        padded.set_shape(tf.TensorShape([None]).concatenate(t.shape[1:]))
+        return padded
+
+    out = _map_nonempty_shards(walk, tf.nest.map_structure(pad, args), shards)
+    return tf.nest.map_structure(lambda t: t[:batch], out)
+
+
+def _map_nonempty_shards(walk, args: tuple, shards: int):
+    """:func:`map_shards` for a batch of at least one example."""
+    batch = tf.shape(tf.nest.flatten(args)[0])[0]
+    if shards == 1:
+        kept = [args]
+        bounds = None
+    else:
+        kept, bounds = [], []
+        for i in range(shards):
+            start, stop = (batch * i) // shards, (batch * (i + 1)) // shards
+            first = tf.minimum(start, batch - 1)
+            last = tf.maximum(stop, first + 1)
+            kept.append(_slice_batch(args, first, last))
+            bounds.append((start - first, stop - first))
+    # One list of slices per argument (for a list argument, one list per entry).
+    per_arg = [tf.nest.map_structure(lambda *parts: list(parts), *parts) for parts in zip(*kept)]
+    outputs = walk(*per_arg)
+    if bounds is None:
+        return _map_slice_lists(lambda parts: parts[0], outputs)
+    return _map_slice_lists(lambda parts: tf.concat([t[a:b] for t, (a, b) in zip(parts, bounds)], 0), outputs)

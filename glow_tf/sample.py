@@ -37,15 +37,8 @@ from glow_tf.attributes import (  # noqa: E402
     directions_from_dataset,
     read_attribute_csv,
 )
-from glow_tf.latent_tools import (  # noqa: E402
-    InferenceModel,
-    interpolate,
-    load_image,
-    load_inference_model,
-    manipulate,
-    sample_grids,
-    save_pngs,
-)
+from glow_tf.inference import InferenceModel, load_inference_model  # noqa: E402
+from glow_tf.latent_tools import interpolate, load_image, manipulate, sample_grids, save_pngs  # noqa: E402
 
 __all__ = [
     "DirectionAccumulator",

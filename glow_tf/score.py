@@ -30,7 +30,7 @@ import re  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 from glow_tf import _cli, _validate, scoring  # noqa: E402
-from glow_tf.latent_tools import InferenceModel  # noqa: E402
+from glow_tf.inference import InferenceModel  # noqa: E402
 
 __all__ = ["main"]
 

@@ -1,6 +1,6 @@
 """Likelihood scoring: per-image bits/dim of any images, split by level, and out-of-distribution tests.
 
-Every number comes from :meth:`glow_tf.latent_tools.InferenceModel.per_level_bits_per_dim`
+Every number comes from :meth:`glow_tf.inference.InferenceModel.per_level_bits_per_dim`
 (one encode pass of ``Glow.log_prob_terms``, live or through the SavedModel's
 ``per_level_bits_per_dim_seeded`` signature), so a workdir and its export score identically.
 
@@ -58,7 +58,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from glow_tf import _validate, data
-from glow_tf.latent_tools import InferenceModel, load_image
+from glow_tf.inference import InferenceModel
+from glow_tf.latent_tools import load_image
 
 __all__ = [
     "Scores",
@@ -384,7 +385,7 @@ def score_source(
         source that yields no image.
     """
     batch_size = _validate.positive_int(batch_size, "batch_size")
-    seed = _validate.integer(seed, "seed", minimum=0)
+    seed = _validate.seed(seed)
     max_examples = _validate.integer(max_examples, "max_examples", minimum=0)
     if model.num_classes and not source.has_labels:
         raise ValueError(f"The model is class-conditional, but {source.name} has no labels to condition on.")

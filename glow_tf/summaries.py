@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from glow_tf import _validate
+
 __all__ = ["image_grid", "write_png", "RunWriters", "temperature_names"]
 
 
@@ -37,9 +39,7 @@ def image_grid(images: np.ndarray, rows: int | None = None, padding: int = 1, pa
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"image_grid expects [N, H, W, C] with N >= 1, got shape {images.shape}.")
     n, h, w, c = images.shape
-    rows = rows if rows is not None else max(1, math.isqrt(n))
-    if not 1 <= rows <= n:
-        raise ValueError(f"rows must lie in 1..{n} for {n} images, got {rows!r}.")
+    rows = _validate.integer(rows, f"rows (for {n} images)", 1, n) if rows is not None else max(1, math.isqrt(n))
     cols = math.ceil(n / rows)
     grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c), pad_value, np.uint8)
     for i in range(n):

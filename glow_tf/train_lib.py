@@ -1,6 +1,7 @@
 """Training Glow: the distributed step, the loop, evaluation and restoring a run.
 
-Public entry points:
+Public entry points (:func:`build_model` and :func:`restore_for_inference` live in
+:mod:`glow_tf.inference` and are re-exported here):
 
 * :func:`build_model` -- a ``Glow`` from a resolved config.
 * :class:`Trainer` -- strategy, optimizer, checkpoints and summaries of one run;
@@ -197,7 +198,8 @@ class Trainer:
         spec = self.make_dataset(0).element_spec
         self.writers = summaries.RunWriters(workdir, enabled=self.is_chief)  # the first files written
         # One trace for every batch (fixed signature); autograph off: the step has no tensor-dependent
-        # Python control flow (the skip is an explicit tf.cond), and tracing is much faster without it.
+        # Python control flow (a skipped update is computed, not branched: optim.apply_adamax), and tracing is
+        # much faster without it.
         jit = bool(config.train.jit_compile)
         self.model.step_functions = not jit  # XLA compiles the whole step; nested functions would recompile
         self._local_step = (

@@ -31,7 +31,6 @@ class ActNorm(GlowBijector):
         parameters = dict(locals())
         name = name or "actnorm"
         channels = validate_channels(channels, name)
-        self.module = nn.ActNormModule(channels, dtype=dtype, name="actnorm")
         super().__init__(
             forward_min_event_ndims=1,
             dtype=dtype,
@@ -39,6 +38,7 @@ class ActNorm(GlowBijector):
             parameters=parameters,
             name=name,
         )
+        self.module = nn.ActNormModule(channels, dtype=dtype, name=self.name)  # in this layer's scope: <name>/bias
 
     @property
     def initialized(self) -> tf.Variable:

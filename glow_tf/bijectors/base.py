@@ -6,6 +6,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from glow_tf import _validate, nn
+from glow_tf._scopes import scoped
 
 tfb = tfp.bijectors
 
@@ -66,6 +67,10 @@ def float_indices(weights) -> list[int]:
     return [i for i, w in enumerate(weights) if w.dtype.is_floating]
 
 
+# The fused-pass methods: every GlowBijector subclass runs its own definitions of them inside its name scope.
+_SCOPED_METHODS = ("weights", "prepare", "encode_with", "decode_with", "initialize_and_encode", "rebuild_and_vjp")
+
+
 def place_gradients(grads, indices: list[int], size: int, like) -> tuple:
     """A gradient per weight: ``grads`` at ``indices`` (zeros where None), None elsewhere."""
     out = [None] * size
@@ -95,13 +100,26 @@ class GlowBijector(tfb.Bijector):
     weights (evaluating any network once); TFP's generic methods stay available (and
     exact) for interoperability.
 
+    Names (:mod:`glow_tf._scopes`): a layer creates its variables in its name scope
+    (``self.name_scope``: the scope it was built in, then its name), and the methods
+    above, in this class and in every subclass that defines them, build their ops
+    inside a scope of the layer's name within the caller's scope.
+
     Every instance holds its own variables, so instances never share TFP's cache.
     """
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in _SCOPED_METHODS:
+            if name in vars(cls):
+                setattr(cls, name, scoped(vars(cls)[name]))
+
+    @scoped
     def weights(self) -> tuple[tf.Tensor, ...]:
         """This layer's weights as tensors (reads of its variables); empty for weightless layers."""
         return ()
 
+    @scoped
     def prepare(self, weights: tuple, event_shape, decode: bool = False) -> tuple:
         """The batch-independent tensors ``encode_with`` (or ``decode_with``) needs; default: ``weights``."""
         del event_shape, decode
@@ -115,6 +133,7 @@ class GlowBijector(tfb.Bijector):
         """``forward(z)`` given ``prepare(weights, z.shape[-3:], decode=True)``."""
         raise NotImplementedError
 
+    @scoped
     def initialize_and_encode(self, x: tf.Tensor, **kwargs) -> tuple[tf.Tensor, tf.Tensor]:
         """The data-dependent init pass through this layer (layers with actnorms initialise them first)."""
         return self.encode_with(self.prepare(self.weights(), x.shape[-3:]), x, **kwargs)
@@ -128,6 +147,7 @@ class GlowBijector(tfb.Bijector):
             return self.initialize_and_encode(x, **kwargs)
         return self.encode_with(self.prepare(self.weights(), x.shape[-3:]), x, **kwargs)
 
+    @scoped
     def rebuild_and_vjp(self, weights: tuple, zs: list, dzs: list, dlds: list) -> tuple[list, list, tuple]:
         """Rebuilds this layer's inputs from its outputs ``zs`` and takes its vector-Jacobian product.
 

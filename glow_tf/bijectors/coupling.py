@@ -15,9 +15,10 @@ from glow_tf.bijectors.base import (
     zeros_for_none,
 )
 
-__all__ = ["AffineCoupling", "AdditiveCoupling", "COUPLING_KINDS"]
+__all__ = ["AffineCoupling", "AdditiveCoupling", "COUPLING_KINDS", "COMPUTE_DTYPES"]
 
 COUPLING_KINDS = ("affine", "additive")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")  # what a coupling's network may compute in (compute_dtype)
 
 
 class _Coupling(GlowBijector):
@@ -32,24 +33,24 @@ class _Coupling(GlowBijector):
         self, channels, hidden_width, network_channels, seed, dtype, compute_dtype, validate_args, parameters, name
     ):
         channels = validate_channels(channels, name, minimum=2)
-        self.channels = channels
-        self.split_channels = channels // 2
-        out_channels = network_channels(channels - self.split_channels)
-        self.network = nn.CouplingNetwork(
-            self.split_channels,
-            out_channels,
-            hidden_width,
-            seed=seed,
-            dtype=dtype,
-            compute_dtype=compute_dtype,
-            name="network",
-        )
         super().__init__(
             forward_min_event_ndims=3,
             dtype=dtype,
             validate_args=validate_args,
             parameters=parameters,
             name=name,
+        )
+        self.channels = channels
+        self.split_channels = channels // 2
+        out_channels = network_channels(channels - self.split_channels)
+        self.network = nn.CouplingNetwork(  # in this layer's scope: <name>/conv1/kernel
+            self.split_channels,
+            out_channels,
+            hidden_width,
+            seed=seed,
+            dtype=dtype,
+            compute_dtype=compute_dtype,
+            name=self.name,
         )
 
     def _halves(self, t):

@@ -120,8 +120,9 @@ class InvertibleConv1x1(_Conv1x1):
         name: str | None = None,
     ):
         parameters = dict(locals())
-        self.w = tf.Variable(tf.constant(random_rotation(channels, seed), dtype), name="w")
         super().__init__(channels, dtype, validate_args, parameters, name or "invertible_conv1x1")
+        with self.name_scope:
+            self.w = tf.Variable(tf.constant(random_rotation(self.channels, seed), dtype), name="w")
 
     def weights(self):
         return (tf.convert_to_tensor(self.w),)
@@ -160,7 +161,8 @@ class LUInvertibleConv1x1(_Conv1x1):
         name: str | None = None,
     ):
         parameters = dict(locals())
-        channels = validate_channels(channels, name or "lu_invertible_conv1x1")
+        super().__init__(channels, dtype, validate_args, parameters, name or "lu_invertible_conv1x1")
+        channels = self.channels
         w0 = tf.constant(random_rotation(channels, seed), tf.float64)
         lu, perm = tf.linalg.lu(w0)  # w0[perm] = L @ U
         lower = tf.linalg.band_part(lu, -1, 0) - tf.linalg.diag(tf.linalg.diag_part(lu))
@@ -170,12 +172,12 @@ class LUInvertibleConv1x1(_Conv1x1):
         ones = np.ones([channels, channels])
         self._lower_mask = tf.constant(np.tril(ones, -1), dtype)
         self._upper_mask = tf.constant(np.triu(ones, 1), dtype)
-        self.permutation = tf.Variable(tf.cast(permutation, dtype), trainable=False, name="permutation")
-        self.sign_s = tf.Variable(tf.cast(tf.sign(s), dtype), trainable=False, name="sign_s")
-        self.lower = tf.Variable(tf.cast(lower, dtype), name="lower")
-        self.upper = tf.Variable(tf.cast(upper - tf.linalg.diag(s), dtype), name="upper")
-        self.log_s = tf.Variable(tf.cast(tf.math.log(tf.abs(s)), dtype), name="log_s")
-        super().__init__(channels, dtype, validate_args, parameters, name or "lu_invertible_conv1x1")
+        with self.name_scope:
+            self.permutation = tf.Variable(tf.cast(permutation, dtype), trainable=False, name="permutation")
+            self.sign_s = tf.Variable(tf.cast(tf.sign(s), dtype), trainable=False, name="sign_s")
+            self.lower = tf.Variable(tf.cast(lower, dtype), name="lower")
+            self.upper = tf.Variable(tf.cast(upper - tf.linalg.diag(s), dtype), name="upper")
+            self.log_s = tf.Variable(tf.cast(tf.math.log(tf.abs(s)), dtype), name="log_s")
 
     def weights(self):
         variables = (self.permutation, self.sign_s, self.lower, self.upper, self.log_s)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from glow_tf import _validate
 from glow_tf.bijectors.base import GlowBijector, validate_channels
 
-__all__ = ["ChannelPermutation", "PERMUTATION_KINDS"]
+__all__ = ["ChannelPermutation", "PERMUTATION_KINDS", "PERMUTATIONS"]
 
-PERMUTATION_KINDS = ("reverse", "shuffle")
+PERMUTATION_KINDS = ("shuffle", "reverse")  # ChannelPermutation's fixed permutations
+# Every permutation a flow step can use: the learned 1x1 convolution (invertible_conv.py) or a fixed one.
+PERMUTATIONS = ("invconv", *PERMUTATION_KINDS)
 
 
 class ChannelPermutation(GlowBijector):
@@ -38,15 +41,11 @@ class ChannelPermutation(GlowBijector):
         parameters = dict(locals())
         name = name or f"{kind}_permutation"
         channels = validate_channels(channels, name)
-        if kind == "reverse":
+        if _validate.choice(kind, PERMUTATION_KINDS, "permutation kind") == "reverse":
             perm = np.arange(channels)[::-1]
-        elif kind == "shuffle":
+        else:
             rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
             perm = rng.permutation(channels)
-        else:
-            raise ValueError(f"Unknown permutation kind {kind!r}; valid kinds are {PERMUTATION_KINDS}.")
-        self.kind = kind
-        self.permutation = tf.Variable(perm.astype(np.int32), trainable=False, name="permutation")
         super().__init__(
             forward_min_event_ndims=1,
             is_constant_jacobian=True,
@@ -55,6 +54,9 @@ class ChannelPermutation(GlowBijector):
             parameters=parameters,
             name=name,
         )
+        self.kind = kind
+        with self.name_scope:
+            self.permutation = tf.Variable(perm.astype(np.int32), trainable=False, name="permutation")
 
     def weights(self):
         return (tf.convert_to_tensor(self.permutation),)

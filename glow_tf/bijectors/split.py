@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from glow_tf import nn
+from glow_tf import _validate, nn
 from glow_tf.bijectors.base import GlowBijector, apply_to_images, sum_over_image, validate_channels
 
 tfb = tfp.bijectors
@@ -42,17 +42,17 @@ class SplitPrior(GlowBijector):
         parameters = dict(locals())
         name = name or "split_prior"
         channels = validate_channels(channels, name, minimum=2)
-        self.channels = channels
-        self.split_channels = channels // 2
-        self.network = nn.Conv2DZeros(
-            self.split_channels, 2 * (channels - self.split_channels), 3, dtype=dtype, name="prior"
-        )
         super().__init__(
             forward_min_event_ndims=3,
             dtype=dtype,
             validate_args=validate_args,
             parameters=parameters,
             name=name,
+        )
+        self.channels = channels
+        self.split_channels = channels // 2
+        self.network = nn.Conv2DZeros(  # in this layer's scope: <name>/kernel
+            self.split_channels, 2 * (channels - self.split_channels), 3, dtype=dtype, name=self.name
         )
 
     def _halves(self, t):
@@ -122,11 +122,10 @@ class FactorOut(tfb.Bijector):
     ):
         parameters = dict(locals())
         h, w, c = (int(d) for d in image_shape)
-        if not 0 < kept_channels < c:
-            raise ValueError(f"FactorOut: kept_channels must be in 1..{c - 1}, got {kept_channels!r}.")
+        kept_channels = _validate.integer(kept_channels, "FactorOut: kept_channels", 1, c - 1)
         self.inner = inner
         self.image_shape = [h, w, c]
-        self.kept_channels = int(kept_channels)
+        self.kept_channels = kept_channels
         self.factored_size = h * w * (c - kept_channels)
         inner_size = inner.inverse_event_shape([h, w, kept_channels])
         if inner_size.rank != 1 or inner_size[0] is None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from glow_tf import _validate, nn
+from glow_tf._scopes import name_scope
 from glow_tf.bijectors.base import GlowBijector, sum_over_image, validate_channels
 
 __all__ = ["TopPrior"]
@@ -43,13 +44,6 @@ class TopPrior(GlowBijector):
         h, w, c = (int(d) for d in event_shape)
         validate_channels(c, name)
         num_classes = _validate.integer(num_classes, f"{name}: num_classes", minimum=0)
-        self.event_shape_ = [h, w, c]
-        self.learn_top = bool(learn_top)
-        self.num_classes = num_classes
-        self.network = nn.Conv2DZeros(2 * c, 2 * c, 3, dtype=dtype, name="learned_top") if learn_top else None
-        self.embedding = (
-            nn.LinearZeros(num_classes, 2 * c, dtype=dtype, name="label_embedding") if num_classes else None
-        )
         super().__init__(
             forward_min_event_ndims=3,
             is_constant_jacobian=not (learn_top or num_classes),
@@ -58,6 +52,14 @@ class TopPrior(GlowBijector):
             parameters=parameters,
             name=name,
         )
+        self.event_shape_ = [h, w, c]
+        self.learn_top = bool(learn_top)
+        self.num_classes = num_classes
+        with self.name_scope:
+            self.network = nn.Conv2DZeros(2 * c, 2 * c, 3, dtype=dtype, name="learned_top") if learn_top else None
+            self.embedding = (
+                nn.LinearZeros(num_classes, 2 * c, dtype=dtype, name="label_embedding") if num_classes else None
+            )
 
     def one_hot(self, labels: tf.Tensor) -> tf.Tensor:
         """Integer labels ``[B]`` to one-hot ``[B, num_classes]``; float labels pass through."""
@@ -75,7 +77,9 @@ class TopPrior(GlowBijector):
         h, w, c = self.event_shape_
         params = tf.zeros([h, w, 2 * c], self.dtype)
         if self.network is not None:
-            params = nn.apply_folded_conv(params[tf.newaxis], *nn.fold_scaled_conv(weights[:3], h, w, self.dtype))[0]
+            with name_scope(self.network.name):
+                folded = nn.fold_scaled_conv(weights[:3], h, w, self.dtype)
+                params = nn.apply_folded_conv(params[tf.newaxis], *folded)[0]
             weights = weights[3:]
         return (params, *weights)
 
@@ -87,7 +91,8 @@ class TopPrior(GlowBijector):
                 raise ValueError(
                     f"{self.name}: this prior is class-conditional ({self.num_classes} classes); pass labels."
                 )
-            emb = nn.LinearZeros.apply(embedding, self.one_hot(labels))
+            with name_scope(self.embedding.name):
+                emb = nn.LinearZeros.apply(embedding, self.one_hot(labels))
             params = params + emb[..., tf.newaxis, tf.newaxis, :]
         c = self.event_shape_[-1]
         return params[..., :c], params[..., c:]

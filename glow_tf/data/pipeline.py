@@ -280,7 +280,7 @@ def make_train_dataset(
     """
     spec = resolve(cfg)
     batch_size = _validate.positive_int(batch_size, "batch_size")
-    seed = _validate.integer(seed, "seed", minimum=0)
+    seed = _validate.seed(seed)
     start_step = _validate.integer(start_step, "start_step", minimum=0)
     num, index = _pipeline(input_context)
     source = _cached_train_source(spec, num, index)

@@ -107,7 +107,7 @@ class GlowModel(tf_keras.Model):
                 "inside the same `with strategy.scope():`."
             )
         self.glow = glow
-        self.seed = _validate.integer(seed, "seed", minimum=0)
+        self.seed = _validate.seed(seed)
         self.grad_clip_norm = _validate.number(grad_clip_norm, "grad_clip_norm", 0.0)
         self.conditional = glow.num_classes > 0
         self.step = _counter("step")  # training steps run (applied or skipped): keys the dequantisation noise
