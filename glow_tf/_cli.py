@@ -9,6 +9,14 @@ from collections.abc import Callable, Mapping
 from glow_tf.inference import load_inference_model
 
 
+def model_arguments() -> argparse.ArgumentParser:
+    """The arguments every model subcommand takes (a parent parser): ``--model`` and ``--checkpoint``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", required=True, help="SavedModel folder or training workdir")
+    common.add_argument("--checkpoint", default="latest", choices=("latest", "best"), help="for a workdir")
+    return common
+
+
 def run_model_command(tool: str, args: argparse.Namespace, commands: Mapping[str, Callable]) -> int:
     """Loads ``args.model`` (``args.checkpoint``), runs ``commands[args.command]`` on it, prints what it wrote.
 

@@ -125,9 +125,7 @@ _COMMANDS = {
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m glow_tf.sample", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", required=True, help="SavedModel folder or training workdir")
-    common.add_argument("--checkpoint", default="latest", choices=("latest", "best"), help="for a workdir")
+    common = _cli.model_arguments()
 
     p = sub.add_parser("sample-grids", parents=[common], help="grids of samples at several temperatures")
     p.add_argument("--out_dir", required=True)

@@ -87,9 +87,7 @@ _COMMANDS = {"per-image": _run_per_image, "compare": _run_compare}
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m glow_tf.score", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", required=True, help="SavedModel folder or training workdir")
-    common.add_argument("--checkpoint", default="latest", choices=("latest", "best"), help="for a workdir")
+    common = _cli.model_arguments()
     common.add_argument("--batch_size", type=int, default=64)
     common.add_argument("--seed", type=int, default=0, help="dequantisation noise seed (per image: seed, index)")
     common.add_argument("--draws", type=int, default=1, help="average bits/dim over K noise draws per image")
