@@ -40,14 +40,19 @@ from absl import flags
 
 _SKIP_PREFIXES = ("ThreadpoolListener", "ExecutorState")
 
-flags.DEFINE_enum("config", "bench-32", sorted(CONFIGS), "Benchmark config.")
-flags.DEFINE_enum("fn", "train", ["train", "eval", "sample"], "The step to profile.")
-flags.DEFINE_integer("steps", 5, "Profiled steps.")
-flags.DEFINE_integer("warmup", 5, "Untimed steps before profiling.")
-flags.DEFINE_integer("threads", 2, "CPU threads.")
-flags.DEFINE_bool("tf_threads", False, "TF's default threading instead of glow_tf.parallelism's.")
-flags.DEFINE_integer("top", 25, "Rows per table.")
-flags.DEFINE_string("out", _harness.RESULTS, "Folder for the JSON result.")
+
+def _define_flags() -> None:
+    """The script's flags, defined only when it runs (tests import its functions next to train.py's flags)."""
+    flags.DEFINE_enum("config", "bench-32", sorted(CONFIGS), "Benchmark config.")
+    flags.DEFINE_enum("fn", "train", ["train", "eval", "sample"], "The step to profile.")
+    flags.DEFINE_integer("steps", 5, "Profiled steps.")
+    flags.DEFINE_integer("warmup", 5, "Untimed steps before profiling.")
+    flags.DEFINE_integer("threads", 2, "CPU threads.")
+    flags.DEFINE_bool("tf_threads", False, "TF's default threading instead of glow_tf.parallelism's.")
+    flags.DEFINE_integer("top", 25, "Rows per table.")
+    flags.DEFINE_string("out", _harness.RESULTS, "Folder for the JSON result.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -196,4 +201,5 @@ def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    _define_flags()
     _harness.run(main)

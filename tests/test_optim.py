@@ -166,5 +166,5 @@ def test_ema_reset_copies_the_weights_and_restarts_the_ramp():
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, 1.5])
 def test_ema_decay_outside_the_open_unit_interval_is_rejected(decay):
-    with pytest.raises(ValueError, match="EMA decay must lie in"):
+    with pytest.raises(ValueError, match=r"EMA decay must be in \(0, 1\), got "):
         optim.ExponentialMovingAverage([tf.Variable([0.0])], decay=decay)
