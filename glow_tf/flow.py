@@ -180,12 +180,12 @@ class FlowSteps:
 
     def decode(self, zs: list, inline: bool = False) -> list:
         """The exact inverse of :meth:`encode` on every slice."""
+        weights = [self.step_weights(k) for k in range(len(self.steps))]  # read once, used by every slice
         out = []
         for z in zs:
             for k in reversed(range(len(self.steps))):
-                weights = self.step_weights(k)
                 with name_scope(f"step{k}"):
-                    (z,) = self._decode_fn.call(inline, [z], weights)
+                    (z,) = self._decode_fn.call(inline, [z], weights[k])
             out.append(z)
         return out
 
