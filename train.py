@@ -120,6 +120,8 @@ def _run() -> int:
 
     if not FLAGS.tpu and (FLAGS.mode == "eval" or FLAGS.config.train.batch_shards == 0):
         parallelism.configure_cpu_threads()  # before TF's first op; a no-op with a local GPU or TPU
+    elif not FLAGS.tpu:
+        parallelism.configure_graph_optimizer()  # the lighter grappler set-up alone (CPU-only machines)
 
     if FLAGS.mode == "eval":
         result = train_lib.evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, distribute.make_strategy(FLAGS.tpu))

@@ -92,12 +92,13 @@ class SystemFns:
 
 
 # --------------------------------------------------------------------------- helpers
-def _import_tf(threads: int, one_thread_per_op: bool = False):
+def _import_tf(threads: int, one_thread_per_op: bool = False, tf_grappler: bool = False):
     """Imports TensorFlow quietly and sets its thread pools.
 
     By default both pools get ``threads`` (TensorFlow's usual set-up, pinned).
     ``one_thread_per_op`` applies glow_tf's CPU set-up instead
-    (:func:`glow_tf.parallelism.configure_cpu_threads`: intra-op 1, inter-op ``threads``).
+    (:func:`glow_tf.parallelism.configure_cpu_threads`: intra-op 1, inter-op ``threads``, and its
+    lighter graph optimiser unless ``tf_grappler``).
     TensorFlow's environment is ``_harness``'s (quiet, no Keras 3), set when this module is imported.
     """
     import tensorflow as tf
@@ -105,7 +106,7 @@ def _import_tf(threads: int, one_thread_per_op: bool = False):
     if one_thread_per_op:
         from glow_tf import parallelism
 
-        parallelism.configure_cpu_threads(threads)
+        parallelism.configure_cpu_threads(threads, graph_optimizer=not tf_grappler)
     else:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -364,6 +365,7 @@ class System:
     build: Builder
     jit: bool = False
     one_thread_per_op: bool = False
+    tf_grappler: bool = False
 
 
 SYSTEMS: dict[str, System] = {
@@ -373,6 +375,8 @@ SYSTEMS: dict[str, System] = {
     "glow_tf_trainer_bf16": System(
         functools.partial(build_glow_tf_trainer, compute_dtype="bfloat16"), one_thread_per_op=True
     ),
+    # TensorFlow's default graph optimiser (every grappler pass): what parallelism.CPU_GRAPPLER_OPTIONS saves
+    "glow_tf_trainer_tf_grappler": System(build_glow_tf_trainer, one_thread_per_op=True, tf_grappler=True),
     # TensorFlow's default threading (every op over every core), no shards: what glow_tf.parallelism adds
     "glow_tf_trainer_tf_threads": System(functools.partial(build_glow_tf_trainer, batch_shards=1)),
     "glow_tf_xla": System(build_glow_tf, jit=True, one_thread_per_op=True),
@@ -479,7 +483,7 @@ def _measure_phases(fns: SystemFns, x, config: BenchConfig, steps: int) -> dict[
 def measure(system: str, config: BenchConfig, options: RunOptions) -> dict[str, Any]:
     """Measures one system at one config in this process; returns a JSON-friendly dict."""
     spec = SYSTEMS[system]
-    tf = _import_tf(options.threads, spec.one_thread_per_op)
+    tf = _import_tf(options.threads, spec.one_thread_per_op, spec.tf_grappler)
     builder, jit = spec.build, spec.jit
     images = _images(config, options.seed)
     rss_after_import = _harness.peak_rss_mib()

@@ -15,6 +15,9 @@ its result:
 * ``Glow.encode`` in a ``tf.function`` (the batch);
 * ``glow_tf.export.export_model`` (every SavedModel signature traced and written).
 
+``--tf_grappler`` keeps TensorFlow's default graph optimiser instead of
+``glow_tf.parallelism.CPU_GRAPPLER_OPTIONS`` (to measure what those save).
+
 Construction (strategy, dataset, summary writers) and the data-dependent init are
 reported apart. Prints one line per entry point and writes
 ``benchmarks/results/first_calls-<config>-<time>.json``.
@@ -31,6 +34,9 @@ from absl import flags
 
 flags.DEFINE_enum("config", "bench-32", sorted(_bench_systems.CONFIGS), "Model size (as bench_model.py).")
 flags.DEFINE_string("compute_dtype", "float32", "config.model.compute_dtype.")
+flags.DEFINE_bool(
+    "tf_grappler", False, "Keep TensorFlow's default grappler passes (not parallelism.CPU_GRAPPLER_OPTIONS)."
+)
 flags.DEFINE_string("out", "", "JSON path (default benchmarks/results/first_calls-<config>-<time>.json).")
 FLAGS = flags.FLAGS
 
@@ -44,7 +50,7 @@ def _timed(fn):
 def main():
     from glow_tf import parallelism
 
-    parallelism.configure_cpu_threads()
+    parallelism.configure_cpu_threads(graph_optimizer=not FLAGS.tf_grappler)
     import tensorflow as tf
 
     import glow_tf
@@ -52,7 +58,8 @@ def main():
 
     bench = _bench_systems.CONFIGS[FLAGS.config]
     config = _bench_systems.trainer_config(bench, _bench_systems.RunOptions(), FLAGS.compute_dtype)
-    result = {"config": FLAGS.config, "compute_dtype": FLAGS.compute_dtype, "seconds": {}}
+    result = {"config": FLAGS.config, "compute_dtype": FLAGS.compute_dtype, "tf_grappler": FLAGS.tf_grappler}
+    result["seconds"] = {}
     seconds = result["seconds"]
     with tempfile.TemporaryDirectory() as workdir:
         seconds["construction"], trainer = _timed(lambda: train_lib.Trainer(config, workdir))

@@ -26,7 +26,28 @@ from absl import logging
 
 from glow_tf import _validate
 
-__all__ = ["available_cores", "has_accelerator", "configure_cpu_threads", "auto_batch_shards", "map_shards"]
+__all__ = [
+    "available_cores",
+    "has_accelerator",
+    "configure_cpu_threads",
+    "configure_graph_optimizer",
+    "CPU_GRAPPLER_OPTIONS",
+    "auto_batch_shards",
+    "map_shards",
+]
+
+# Grappler passes that cost seconds of start-up on glow_tf's CPU graphs and, measured, buy no run time
+# there (benchmarks/bench_model.py, systems glow_tf_trainer against glow_tf_trainer_tf_grappler; the
+# README's "Measured" section). What stays on (the remapper's conv/matmul + bias + relu fusions, the
+# arithmetic optimiser, common subexpressions, pruning) is what the steps' speed depends on.
+CPU_GRAPPLER_OPTIONS = {
+    "function_optimization": False,  # specialises a flow step's traced function for each of its K x L calls
+    "constant_folding": False,  # nothing to fold: every kernel depends on a variable
+    "dependency_optimization": False,
+    "layout_optimizer": False,  # NHWC -> NCHW, for GPUs
+    "loop_optimization": False,  # the graphs have no loops
+    "implementation_selector": False,  # swaps in cuDNN kernels
+}
 
 
 def available_cores() -> int:
@@ -42,15 +63,17 @@ def has_accelerator() -> bool:
     return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
 
 
-def configure_cpu_threads(cores: int | None = None) -> int:
-    """On a CPU-only machine: one thread per op and ``cores`` ops at once.
+def configure_cpu_threads(cores: int | None = None, graph_optimizer: bool = True) -> int:
+    """On a CPU-only machine: one thread per op and ``cores`` ops at once, and a lighter graph optimiser.
 
     Sets TensorFlow's intra-op parallelism to 1 and its inter-op parallelism to
     ``cores``. Must run before TensorFlow executes its first op; later it only
-    reports what the runtime already uses.
+    reports what the runtime already uses. With ``graph_optimizer``, also
+    :func:`configure_graph_optimizer` (process-wide, like the threads).
 
     Args:
       cores: parallel ops; default :func:`available_cores`.
+      graph_optimizer: also turn off the grappler passes of :data:`CPU_GRAPPLER_OPTIONS`.
 
     Returns:
       The batch shards to use with these settings (:func:`auto_batch_shards`).
@@ -66,7 +89,22 @@ def configure_cpu_threads(cores: int | None = None) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(cores)
     except RuntimeError:
         logging.info("TensorFlow is already running; keeping its thread settings.")
+    if graph_optimizer:
+        configure_graph_optimizer()
     return auto_batch_shards()
+
+
+def configure_graph_optimizer() -> None:
+    """Turns off the grappler passes of :data:`CPU_GRAPPLER_OPTIONS` for this process.
+
+    They cost a large share of each function's first call (at K=32, width 512, about
+    3.5 s of the training step's 11 s first execution) and do not make glow_tf's
+    CPU steps faster. Process-wide: it applies to every ``tf.function`` instantiated
+    afterwards. A no-op when TensorFlow sees a GPU or TPU (the layout optimiser
+    matters there).
+    """
+    if not has_accelerator():
+        tf.config.optimizer.set_experimental_options(CPU_GRAPPLER_OPTIONS)
 
 
 def auto_batch_shards() -> int:

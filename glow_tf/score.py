@@ -29,7 +29,7 @@ import argparse  # noqa: E402
 import re  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from glow_tf import _cli, _validate, scoring  # noqa: E402
+from glow_tf import _cli, _validate, parallelism, scoring  # noqa: E402
 from glow_tf.inference import InferenceModel  # noqa: E402
 
 __all__ = ["main"]
@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 for a user error, reported on stderr)."""
     args = _parser().parse_args(argv)
     # TensorFlow's default threads: the scoring graph (as exported) has no batch slices to spread over cores.
+    parallelism.configure_graph_optimizer()
     return _cli.run_model_command("glow_tf.score", args, _COMMANDS)
 
 

@@ -516,6 +516,52 @@ def test_configure_cpu_threads_with_an_accelerator_or_one_core_changes_nothing(m
     assert calls == []
 
 
+def test_configure_graph_optimizer_only_on_cpu_only_machines(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tf.config.optimizer, "set_experimental_options", calls.append)
+    monkeypatch.setattr(tf.config.threading, "set_intra_op_parallelism_threads", lambda n: None)
+    monkeypatch.setattr(tf.config.threading, "set_inter_op_parallelism_threads", lambda n: None)
+    monkeypatch.setattr(parallelism, "has_accelerator", lambda: True)
+    parallelism.configure_graph_optimizer()
+    assert calls == []  # GPUs keep every pass (the layout optimiser matters there)
+    monkeypatch.setattr(parallelism, "has_accelerator", lambda: False)
+    parallelism.configure_graph_optimizer()
+    assert calls == [parallelism.CPU_GRAPPLER_OPTIONS]
+    parallelism.configure_cpu_threads(2, graph_optimizer=False)
+    assert len(calls) == 1
+    parallelism.configure_cpu_threads(2)
+    assert calls == [parallelism.CPU_GRAPPLER_OPTIONS] * 2
+    remapping = {"remapping", "arithmetic_optimization", "common_subgraph_elimination"}
+    assert not remapping & set(parallelism.CPU_GRAPPLER_OPTIONS)  # the passes the steps' speed depends on
+
+
+def test_lighter_graph_optimizer_changes_no_number(tiny_model):
+    """A training step's loss, gradients and a sample, bit for bit, with TensorFlow's passes and with ours."""
+    model = tiny_model((8, 8, 3), 5, batch_shards=2)
+    x = tf.random.stateless_uniform([4, *model.image_shape], [3, 4], -0.5, 0.5)
+
+    def run():  # new functions each time: options are read when a function is instantiated
+        @tf.function
+        def loss_and_grads(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(model.objective(x)["loss"])
+            return loss, tape.gradient(loss, model.trainable_variables)
+
+        loss, grads = loss_and_grads(x)
+        sample = tf.function(lambda: model.sample(3, 0.7, seed=tf.constant([5, 6], tf.int64)))()
+        return [loss.numpy(), sample.numpy(), *(g.numpy() for g in grads)]
+
+    before = tf.config.optimizer.get_experimental_options()
+    reference = run()
+    try:
+        tf.config.optimizer.set_experimental_options(parallelism.CPU_GRAPPLER_OPTIONS)
+        lighter = run()
+    finally:
+        tf.config.optimizer.set_experimental_options({**{k: True for k in parallelism.CPU_GRAPPLER_OPTIONS}, **before})
+    for a, b in zip(reference, lighter):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_available_cores_is_the_affinity_mask_else_the_cpu_count(monkeypatch):
     if hasattr(os, "sched_getaffinity"):
         assert parallelism.available_cores() == len(os.sched_getaffinity(0))
@@ -544,6 +590,7 @@ FRESH_PROCESS = textwrap.dedent(
     out["again"] = parallelism.configure_cpu_threads(2)
     out["later"] = parallelism.configure_cpu_threads(3)  # too late: reports the settings in use
     out["auto"] = parallelism.auto_batch_shards()
+    out["grappler"] = tf.config.optimizer.get_experimental_options()
     print("RESULT " + json.dumps(out))
     """
 )
@@ -567,3 +614,5 @@ def test_subprocess_configure_cpu_threads_in_a_fresh_process():
     assert out["before"] == [1, 2] and out["after"] == [1, 2]
     assert out["sum"] == 4.0
     assert out["again"] == 2 and out["later"] == 2 and out["auto"] == 2
+    for name, value in parallelism.CPU_GRAPPLER_OPTIONS.items():
+        assert out["grappler"][name] is value, name
