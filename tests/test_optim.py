@@ -168,3 +168,42 @@ def test_ema_reset_copies_the_weights_and_restarts_the_ramp():
 def test_ema_decay_outside_the_open_unit_interval_is_rejected(decay):
     with pytest.raises(ValueError, match=r"EMA decay must be in \(0, 1\), got "):
         optim.ExponentialMovingAverage([tf.Variable([0.0])], decay=decay)
+
+
+# ----------------------------------------------------------------------------- bookkeeping variable names
+def test_slots_and_averages_share_names_and_still_checkpoint_by_path(tmp_path):
+    """Slots read ``m``/``v``, averages ``ema_average`` (cheap to create); each restores into its own variable."""
+    variables = [tf.Variable(tf.fill([3], float(i)), name=f"level0/step{i}/actnorm/bias") for i in range(3)]
+    optimizer = optim.make_optimizer(config_lib.default_config().optim, global_batch=4)
+    optim.create_slots(optimizer, variables)
+    ema = optim.ExponentialMovingAverage(variables, 0.99)
+    slots = [optimizer.get_slot(v, s) for v in variables for s in ("m", "v")]
+    assert [s.name for s in slots] == ["m:0", "v:0"] * 3
+    assert {a.name for a in ema.averages} == {"ema_average:0"}
+    assert variables[1].name == "level0/step1/actnorm/bias:0"  # model variables keep their readable names
+    for i, slot in enumerate(slots):
+        slot.assign(tf.fill([3], 10.0 + i))
+    for i, average in enumerate(ema.averages):
+        average.assign(tf.fill([3], 100.0 + i))
+    path = tf.train.Checkpoint(optimizer=optimizer, variables=variables, ema=ema).save(str(tmp_path / "ckpt"))
+
+    fresh = [tf.Variable(tf.zeros([3]), name=f"level0/step{i}/actnorm/bias") for i in range(3)]
+    optimizer2 = optim.make_optimizer(config_lib.default_config().optim, global_batch=4)
+    optim.create_slots(optimizer2, fresh)
+    ema2 = optim.ExponentialMovingAverage(fresh, 0.99)
+    tf.train.Checkpoint(optimizer=optimizer2, variables=fresh, ema=ema2).restore(path).assert_consumed()
+    restored = [optimizer2.get_slot(v, s) for v in fresh for s in ("m", "v")]
+    for i, slot in enumerate(restored):
+        np.testing.assert_array_equal(slot.numpy(), np.full([3], 10.0 + i, np.float32))
+    for i, average in enumerate(ema2.averages):
+        np.testing.assert_array_equal(average.numpy(), np.full([3], 100.0 + i, np.float32))
+    for i, var in enumerate(fresh):
+        np.testing.assert_array_equal(var.numpy(), np.full([3], float(i), np.float32))
+
+
+def test_shared_variable_names_keeps_the_last_part_only():
+    with optim.shared_variable_names():
+        a = tf.Variable(1.0, name="a/b/m")
+        b = tf.Variable(1.0, name="plain")
+    c = tf.Variable(1.0, name="a/b/m")
+    assert (a.name, b.name, c.name) == ("m:0", "plain:0", "a/b/m:0")
