@@ -308,6 +308,15 @@ class Glow(tf.Module):
         """Every actnorm, in the flow and inside the coupling networks."""
         return [m for m in self.submodules if isinstance(m, nn.ActNormModule)]
 
+    def step_variables(self) -> list[list[tf.Variable]]:
+        """Each flow step's trainable variables, in the same layer order for every step.
+
+        All K steps of a level hold variables of the same shapes, so a per-step
+        computation traced once serves them all (``optim.apply_adamax``'s ``groups``).
+        """
+        steps = [step for level in self.levels for step in level.steps]
+        return [[v for layer in step for v in layer.trainable_variables] for step in steps]
+
     @property
     def initialized(self) -> bool:
         """True once every actnorm has had its data-dependent init (read eagerly)."""

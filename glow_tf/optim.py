@@ -17,6 +17,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import ml_collections
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -30,6 +31,7 @@ __all__ = [
     "shared_variable_names",
     "ExponentialMovingAverage",
     "guard_gradients",
+    "global_norm",
     "DynamicLossScale",
 ]
 
@@ -110,12 +112,25 @@ def shared_variable_names() -> Iterator[None]:
         yield
 
 
+@tf.function(autograph=False, experimental_attributes={"_noinline": True})
+def _adamax_updates(handles: tuple, grads: tuple, hyper: dict, apply: tf.Tensor) -> None:
+    """``ApplyAdaMax`` of each ``(var, m, v)`` resource handle triple with its gradient (zeroed unless ``apply``).
+
+    Traced once per signature and called, not inlined: one call per group in the
+    training step's graph instead of three ops per variable.
+    """
+    for (var, m, v), grad in zip(handles, grads):
+        grad = tf.where(apply, grad, tf.zeros([], grad.dtype))  # a non-finite gradient must not reach the slots
+        tf.raw_ops.ResourceApplyAdaMax(var=var, m=m, v=v, grad=grad, **hyper)
+
+
 def apply_adamax(
     optimizer: tf_keras.optimizers.legacy.Adamax,
     grads: Sequence,
     variables: Sequence[tf.Variable],
     apply: tf.Tensor,
     strategy: tf.distribute.Strategy | None = None,
+    groups: Sequence[Sequence[int]] = (),
 ) -> None:
     """One Adamax update of every variable when ``apply``, and none at all otherwise, without a ``tf.cond``.
 
@@ -134,6 +149,12 @@ def apply_adamax(
       variables: the variables.
       apply: boolean scalar: update, or leave everything as it is.
       strategy: the strategy the variables live in (default: the current one).
+      groups: lists of indices into ``variables`` updated by one call of a traced
+        function each (``Glow.step_variables``: one group per flow step, so one
+        trace serves the K steps of a level); the others are updated one by one.
+        The same kernels either way, so the same numbers, with a graph of far
+        fewer nodes (faster tracing and first call at paper depth). Not used under
+        a TPU strategy.
 
     Call in cross-replica context.
     """
@@ -153,18 +174,58 @@ def apply_adamax(
         epsilon=tf.cast(optimizer.epsilon, dtype),
     )
 
-    def update(var, grad):  # per device: the local copy of the variable, its slots and gradient
-        grad = tf.where(apply, grad, tf.zeros([], grad.dtype))  # a non-finite gradient must not reach the slots
-        m, v = optimizer.get_slot(var, "m"), optimizer.get_slot(var, "v")
-        return tf.raw_ops.ResourceApplyAdaMax(var=var.handle, m=m.handle, v=v.handle, grad=grad, **hyper)
+    def handles(var) -> tuple:  # on one device: the local copy of the variable and of its slots
+        return var.handle, optimizer.get_slot(var, "m").handle, optimizer.get_slot(var, "v").handle
 
-    for var, grad in zip(variables, grads):
-        strategy.extended.update(var, update, args=(grad,), group=False)
+    def update(var, grad):
+        grad = tf.where(apply, grad, tf.zeros([], grad.dtype))  # a non-finite gradient must not reach the slots
+        var, m, v = handles(var)
+        return tf.raw_ops.ResourceApplyAdaMax(var=var, m=m, v=v, grad=grad, **hyper)
+
+    def update_group(var, others, grads):
+        return _adamax_updates(tuple(handles(v) for v in (var, *others)), tuple(grads), hyper, apply)
+
+    if isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
+        groups = ()
+    grouped = set()
+    for group in groups:
+        members = [variables[i] for i in group]
+        args = (members[1:], [grads[i] for i in group])
+        strategy.extended.update(members[0], update_group, args=args, group=False)
+        grouped.update(group)
+    for i, (var, grad) in enumerate(zip(variables, grads)):
+        if i not in grouped:
+            strategy.extended.update(var, update, args=(grad,), group=False)
     optimizer.iterations.assign_add(tf.cast(apply, optimizer.iterations.dtype))
 
 
+@tf.function(autograph=False, experimental_attributes={"_noinline": True})
+def _half_squared_norms(grads: tuple) -> tf.Tensor:
+    """``[sum(g^2) / 2 for g in grads]`` as one vector (``l2_loss``, as ``tf.linalg.global_norm``)."""
+    return tf.stack([tf.nn.l2_loss(g) for g in grads])
+
+
+def global_norm(grads: Sequence[tf.Tensor], groups: Sequence[Sequence[int]] = ()) -> tf.Tensor:
+    """``tf.linalg.global_norm(grads)`` bit for bit, ``sqrt(2 * sum_i l2_loss(g_i))``, with grouped ``l2_loss``es.
+
+    Each group's (lists of indices, as :func:`apply_adamax`'s) half squared norms come
+    from one call of a traced function; the vector of all of them is put back in the
+    order of ``grads`` before the sum, so the result is the same number.
+    """
+    if not groups:
+        return tf.linalg.global_norm(list(grads))
+    grouped = {i for group in groups for i in group}
+    singles = [i for i in range(len(grads)) if i not in grouped]
+    parts = [_half_squared_norms(tuple(grads[i] for i in group)) for group in groups]
+    if singles:
+        parts.append(tf.stack([tf.nn.l2_loss(grads[i]) for i in singles]))
+    order = [i for group in groups for i in group] + singles
+    halves = tf.gather(tf.concat(parts, axis=0), np.argsort(order))
+    return tf.sqrt(tf.reduce_sum(halves) * tf.constant(2.0, halves.dtype))
+
+
 def guard_gradients(
-    loss: tf.Tensor, grads: Sequence[tf.Tensor], clip_norm: float = 0.0
+    loss: tf.Tensor, grads: Sequence[tf.Tensor], clip_norm: float = 0.0, groups: Sequence[Sequence[int]] = ()
 ) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
     """Global gradient norm, optional clipping and the "apply this update" flag.
 
@@ -173,13 +234,14 @@ def guard_gradients(
       grads: the (already all-reduced) gradients; every replica must hold the
         same values so that every replica takes the same decision.
       clip_norm: > 0 rescales the gradients to at most this global norm.
+      groups: index groups for :func:`global_norm` (the same norm, fewer graph nodes).
 
     Returns:
       ``(grads, norm, finite)``: the possibly clipped gradients, the global norm
       before clipping, and a boolean scalar, True when the loss and every gradient
       entry are finite.
     """
-    norm = tf.linalg.global_norm(list(grads))
+    norm = global_norm(grads, groups)
     finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(norm))
     if clip_norm > 0:
         grads, _ = tf.clip_by_global_norm(list(grads), clip_norm, use_norm=norm)

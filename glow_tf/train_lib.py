@@ -173,6 +173,8 @@ class Trainer:
                 self.model.batch_shards = min(self.model.batch_shards, per_replica)
         state = build_run_state(config, self.model, self.global_batch, self.strategy)
         self.variables = state.variables
+        index = {v.ref(): i for i, v in enumerate(self.variables)}
+        self._update_groups = [[index[v.ref()] for v in group] for group in self.model.step_variables() if group]
         self.optimizer, self.ema, self.step = state.optimizer, state.ema, state.step
         self.best_bits_per_dim, self.checkpoint = state.best_bits_per_dim, state.checkpoint
         self.loss_scale = state.loss_scale
@@ -294,7 +296,7 @@ class Trainer:
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             x = data.model_inputs(images, n_bits, seed, step, replica)
             loss, bpd, grads = self._loss_and_grads(x, labels if self.conditional else None)
-            grads, norm, finite = optim.guard_gradients(loss, grads, clip)
+            grads, norm, finite = optim.guard_gradients(loss, grads, clip, groups=self._update_groups)
             # With loss scaling, a finite loss with non-finite gradients is an overflow: skipped, not a failure.
             overflow = tf.logical_and(tf.math.is_finite(loss), tf.logical_not(finite))
             if self.loss_scale is None:
@@ -305,7 +307,9 @@ class Trainer:
         metrics = {k: self.strategy.experimental_local_results(v)[0] for k, v in metrics.items()}
         metrics["learning_rate"] = self.schedule(self.optimizer.iterations)
 
-        optim.apply_adamax(self.optimizer, grads, self.variables, metrics["finite"], self.strategy)
+        optim.apply_adamax(
+            self.optimizer, grads, self.variables, metrics["finite"], self.strategy, groups=self._update_groups
+        )
         if self.ema is not None:
             self.ema.update(metrics["finite"])
         if self.loss_scale is not None:

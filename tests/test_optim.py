@@ -47,11 +47,11 @@ def test_warmup_inside_tf_function_matches_eager():
         assert float(traced(tf.constant(step, tf.int64))) == _lr(schedule, step)
 
 
-def _adamax(warmup_images, variable):
+def _adamax(warmup_images, *variables):
     config = config_lib.default_config().optim
     config.update({"learning_rate": 1e-2, "warmup_images": warmup_images, "beta1": 0.9, "beta2": 0.999})
     optimizer = optim.make_optimizer(config, global_batch=4)
-    optim.create_slots(optimizer, [variable])
+    optim.create_slots(optimizer, list(variables))
     return optimizer
 
 
@@ -76,6 +76,71 @@ def test_skipped_adamax_update_changes_nothing():
     for a, b in zip(after, before):
         np.testing.assert_array_equal(a, b)
     assert int(optimizer.iterations.numpy()) == 1
+
+
+# Two groups of the same shapes (one trace serves both), one singleton left out of every group.
+_SHAPES = [[3, 3, 4, 5], [5], [2, 2], [3, 3, 4, 5], [5], [2, 2], [7]]
+_GROUPS = [[3, 4, 5], [0, 1, 2]]
+
+
+def _grouped_and_plain_updates(apply, grads_fn):
+    rng = np.random.default_rng(1)
+    values = [rng.standard_normal(s).astype(np.float32) for s in _SHAPES]
+    out = {}
+    for name, groups in (("plain", ()), ("grouped", _GROUPS)):
+        variables = [tf.Variable(v) for v in values]
+        optimizer = _adamax(40, *variables)
+
+        def update(grads, apply, optimizer=optimizer, variables=variables, groups=groups):
+            optim.apply_adamax(optimizer, grads, variables, apply, groups=groups)
+
+        step = tf.function(update, autograph=False)
+        for t in range(3):
+            step([tf.constant(g) for g in grads_fn(t)], tf.constant(True))
+        step([tf.constant(g) for g in grads_fn(3)], tf.constant(apply))
+        out[name] = [
+            x.numpy() for v in variables for x in (v, optimizer.get_slot(v, "m"), optimizer.get_slot(v, "v"))
+        ] + [optimizer.iterations.numpy()]
+        traced = step.get_concrete_function([tf.constant(g) for g in grads_fn(0)], tf.constant(True))
+        out[name + "_ops"] = [op.type for op in traced.graph.get_operations()]
+    return out
+
+
+@pytest.mark.parametrize("apply", [True, False])
+def test_grouped_adamax_updates_are_the_plain_ones_bit_for_bit(apply):
+    rng = np.random.default_rng(2)
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in _SHAPES] for _ in range(4)]
+    if not apply:  # a skipped update with non-finite gradients: nothing may change, grouped or not
+        grads[3] = [np.full(s, np.nan, np.float32) for s in _SHAPES]
+    out = _grouped_and_plain_updates(apply, lambda t: grads[t])
+    for a, b in zip(out["plain"], out["grouped"]):
+        np.testing.assert_array_equal(a, b)
+    assert out["plain_ops"].count("ResourceApplyAdaMax") == len(_SHAPES)
+    assert out["grouped_ops"].count("ResourceApplyAdaMax") == 1  # the singleton; each group is one call
+    assert out["grouped_ops"].count("StatefulPartitionedCall") == len(_GROUPS)
+
+
+def test_grouped_global_norm_is_tf_global_norm_bit_for_bit():
+    rng = np.random.default_rng(3)
+    grads = [tf.constant(rng.standard_normal(s).astype(np.float32) * 10.0 ** rng.integers(-3, 3)) for s in _SHAPES]
+    expected = tf.linalg.global_norm(grads).numpy()
+    assert optim.global_norm(grads, _GROUPS).numpy() == expected
+    assert tf.function(lambda g: optim.global_norm(g, _GROUPS))(grads).numpy() == expected
+    assert optim.global_norm(grads).numpy() == expected
+    _, norm, finite = optim.guard_gradients(tf.constant(1.0), grads, groups=_GROUPS)
+    assert norm.numpy() == expected and bool(finite)
+
+
+def test_step_variables_group_each_flow_step_once(tiny_model):
+    model = tiny_model((8, 8, 3), 5)
+    groups = model.step_variables()
+    assert len(groups) == 2 * 2  # levels x steps
+    flat = [v.ref() for g in groups for v in g]
+    assert len(flat) == len(set(flat))
+    trainable = {v.ref() for v in model.trainable_variables}
+    assert set(flat) < trainable  # the priors are updated one by one
+    for level_groups in (groups[:2], groups[2:]):  # the K steps of a level: one signature
+        assert len({tuple((tuple(v.shape), v.dtype) for v in g) for g in level_groups}) == 1
 
 
 # ----------------------------------------------------------------------------- EMA
