@@ -248,6 +248,18 @@ def guard_gradients(
     return list(grads), norm, finite
 
 
+def _moving_average(average: tf.Variable, variable: tf.Variable, decay: tf.Tensor):
+    """``average <- decay * average + (1 - decay) * variable``."""
+    return average.assign(decay * average + (1.0 - decay) * variable, read_value=False)
+
+
+@tf.function(autograph=False, experimental_attributes={"_noinline": True})
+def _moving_averages(averages: tuple, variables: tuple, decay: tf.Tensor) -> None:
+    """:func:`_moving_average` of each pair; traced once per signature, called (not inlined) per group."""
+    for average, variable in zip(averages, variables):
+        _moving_average(average, variable, decay)
+
+
 class ExponentialMovingAverage(tf.Module):
     """Polyak averages ``s <- d * s + (1 - d) * v`` of a list of variables.
 
@@ -280,22 +292,34 @@ class ExponentialMovingAverage(tf.Module):
                 avg.assign(var.read_value())
             self.num_updates.assign(0)
 
-    def update(self, apply: tf.Tensor | bool = True) -> None:
+    def update(self, apply: tf.Tensor | bool = True, groups: Sequence[Sequence[int]] = ()) -> None:
         """One averaging step (none when ``apply`` is False); call in cross-replica context.
 
         ``apply`` may be a boolean tensor: a skipped step averages with decay 1 (no
         change) instead of branching, so the training step needs no ``tf.cond``.
+        ``groups`` (indices into the averaged variables, as :func:`apply_adamax`'s)
+        average each group in one call of a traced function: the same numbers.
         """
         apply = tf.convert_to_tensor(apply)
         n = tf.cast(self.num_updates, tf.float32)
         decay = tf.where(apply, tf.minimum(self.decay, (1.0 + n) / (10.0 + n)), 1.0)
 
         def average(avg, var):  # per device: the local copies of both
-            return avg.assign(decay * avg + (1.0 - decay) * var, read_value=False)
+            return _moving_average(avg, var, decay)
 
+        def average_group(avg, others, variables):
+            return _moving_averages((avg, *others), tuple(variables), decay)
+
+        averages, variables = self.averages, self._variables()
+        grouped = {i for group in groups for i in group}
         with self._strategy.scope():
-            for avg, var in zip(self.averages, self._variables()):
-                self._strategy.extended.update(avg, average, args=(var,))
+            for group in groups:
+                members = [averages[i] for i in group]
+                args = (members[1:], [variables[i] for i in group])
+                self._strategy.extended.update(members[0], average_group, args=args)
+            for i, (avg, var) in enumerate(zip(averages, variables)):
+                if i not in grouped:
+                    self._strategy.extended.update(avg, average, args=(var,))
             self.num_updates.assign_add(tf.cast(apply, tf.int64))
 
     def swap(self) -> None:

@@ -311,7 +311,7 @@ class Trainer:
             self.optimizer, grads, self.variables, metrics["finite"], self.strategy, groups=self._update_groups
         )
         if self.ema is not None:
-            self.ema.update(metrics["finite"])
+            self.ema.update(metrics["finite"], groups=self._update_groups)
         if self.loss_scale is not None:
             self.loss_scale.update(metrics["finite"])
             metrics["loss_scale"] = self.loss_scale.scale.read_value()

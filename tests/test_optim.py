@@ -143,6 +143,27 @@ def test_step_variables_group_each_flow_step_once(tiny_model):
         assert len({tuple((tuple(v.shape), v.dtype) for v in g) for g in level_groups}) == 1
 
 
+def test_grouped_moving_averages_are_the_plain_ones_bit_for_bit():
+    rng = np.random.default_rng(4)
+    values = [rng.standard_normal(s).astype(np.float32) for s in _SHAPES]
+    moves = [[rng.standard_normal(s).astype(np.float32) for s in _SHAPES] for _ in range(4)]
+    out = {}
+    for name, groups in (("plain", ()), ("grouped", _GROUPS)):
+        variables = [tf.Variable(v) for v in values]
+        ema = optim.ExponentialMovingAverage(variables, 0.99)
+        step = tf.function(lambda apply, ema=ema, groups=groups: ema.update(apply, groups=groups), autograph=False)
+        for t, move in enumerate(moves):
+            for v, dv in zip(variables, move):
+                v.assign_add(dv)
+            step(tf.constant(t != 2))  # update 2 is skipped
+        out[name] = [a.numpy() for a in ema.averages] + [ema.num_updates.numpy()]
+        traced = step.get_concrete_function(tf.constant(True))
+        out[name + "_calls"] = [op.type for op in traced.graph.get_operations()].count("StatefulPartitionedCall")
+    for a, b in zip(out["plain"], out["grouped"]):
+        np.testing.assert_array_equal(a, b)
+    assert out["plain_calls"] == 0 and out["grouped_calls"] == len(_GROUPS)
+
+
 # ----------------------------------------------------------------------------- EMA
 def _decay_at(ema, var, n):
     """The decay of the update after ``n`` updates: with average 0 and variable 1 it leaves ``1 - d``."""
