@@ -32,6 +32,7 @@ __all__ = [
     "ExponentialMovingAverage",
     "guard_gradients",
     "global_norm",
+    "update_groups",
     "DynamicLossScale",
 ]
 
@@ -112,6 +113,29 @@ def shared_variable_names() -> Iterator[None]:
         yield
 
 
+def _usable_groups(groups: Sequence[Sequence[int]], strategy: tf.distribute.Strategy) -> Sequence[Sequence[int]]:
+    """``groups``, or none under a TPU strategy (updates there stay one op per variable, as TPU programs expect)."""
+    tpu = (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)
+    return () if isinstance(strategy, tpu) else groups
+
+
+def update_groups(
+    variables: Sequence[tf.Variable], groups: Sequence[Sequence[tf.Variable]], strategy: tf.distribute.Strategy
+) -> list[list[int]]:
+    """The ``groups`` argument of :func:`apply_adamax`, :func:`guard_gradients` and EMA updates.
+
+    Args:
+      variables: the updated variables, in the order of the gradients.
+      groups: lists of some of them (``Glow.step_variables()``), each updated by one call.
+      strategy: the strategy of the run; under a TPU strategy there are no groups.
+
+    Returns:
+      Each non-empty group as indices into ``variables``.
+    """
+    index = {v.ref(): i for i, v in enumerate(variables)}
+    return list(_usable_groups([[index[v.ref()] for v in group] for group in groups if group], strategy))
+
+
 @tf.function(autograph=False, experimental_attributes={"_noinline": True})
 def _adamax_updates(handles: tuple, grads: tuple, hyper: dict, apply: tf.Tensor) -> None:
     """``ApplyAdaMax`` of each ``(var, m, v)`` resource handle triple with its gradient (zeroed unless ``apply``).
@@ -185,8 +209,7 @@ def apply_adamax(
     def update_group(var, others, grads):
         return _adamax_updates(tuple(handles(v) for v in (var, *others)), tuple(grads), hyper, apply)
 
-    if isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
-        groups = ()
+    groups = _usable_groups(groups, strategy)
     grouped = set()
     for group in groups:
         members = [variables[i] for i in group]
@@ -311,6 +334,7 @@ class ExponentialMovingAverage(tf.Module):
             return _moving_averages((avg, *others), tuple(variables), decay)
 
         averages, variables = self.averages, self._variables()
+        groups = _usable_groups(groups, self._strategy)
         grouped = {i for group in groups for i in group}
         with self._strategy.scope():
             for group in groups:

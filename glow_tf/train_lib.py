@@ -173,8 +173,8 @@ class Trainer:
                 self.model.batch_shards = min(self.model.batch_shards, per_replica)
         state = build_run_state(config, self.model, self.global_batch, self.strategy)
         self.variables = state.variables
-        index = {v.ref(): i for i, v in enumerate(self.variables)}
-        self._update_groups = [[index[v.ref()] for v in group] for group in self.model.step_variables() if group]
+        # Each flow step's updates, norm and averages as one traced call (a far smaller graph at paper depth).
+        self._update_groups = optim.update_groups(self.variables, self.model.step_variables(), self.strategy)
         self.optimizer, self.ema, self.step = state.optimizer, state.ema, state.step
         self.best_bits_per_dim, self.checkpoint = state.best_bits_per_dim, state.checkpoint
         self.loss_scale = state.loss_scale

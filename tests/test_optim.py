@@ -141,6 +141,9 @@ def test_step_variables_group_each_flow_step_once(tiny_model):
     assert set(flat) < trainable  # the priors are updated one by one
     for level_groups in (groups[:2], groups[2:]):  # the K steps of a level: one signature
         assert len({tuple((tuple(v.shape), v.dtype) for v in g) for g in level_groups}) == 1
+    variables = model.trainable_variables
+    indices = optim.update_groups(variables, groups, tf.distribute.get_strategy())
+    assert [[variables[i].ref() for i in g] for g in indices] == [[v.ref() for v in g] for g in groups]
 
 
 def test_grouped_moving_averages_are_the_plain_ones_bit_for_bit():
