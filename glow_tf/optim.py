@@ -8,6 +8,9 @@
   swappable into the model for evaluation, samples and export.
 * :func:`guard_gradients` -- global norm, optional clipping, and a finite flag that
   makes the training step skip an update with a non-finite loss or gradient.
+* :func:`update_groups` -- the variables of each flow step as one group, whose updates,
+  norm terms and averages run as one call of a traced function (the same numbers,
+  a training-step graph with a fraction of the per-variable nodes).
 * :class:`DynamicLossScale` -- loss scaling for float16 networks (``compute_dtype='float16'``).
 """
 
