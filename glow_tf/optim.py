@@ -139,16 +139,35 @@ def update_groups(
     return list(_usable_groups([[index[v.ref()] for v in group] for group in groups if group], strategy))
 
 
+def _grouped_updates(strategy, targets: Sequence, values: Sequence, groups, update_one, update_group) -> None:
+    """``strategy.extended.update`` of each target with its value, each group's in one ``update_group`` call.
+
+    ``update_one(target, value)``; ``update_group(first, other_targets, values)`` (the
+    group's first target places the call, as ``update`` places one target's).
+    """
+    grouped = set()
+    for group in _usable_groups(groups, strategy):
+        members = [targets[i] for i in group]
+        args = (members[1:], [values[i] for i in group])
+        strategy.extended.update(members[0], update_group, args=args, group=False)
+        grouped.update(group)
+    for i, (target, value) in enumerate(zip(targets, values)):
+        if i not in grouped:
+            strategy.extended.update(target, update_one, args=(value,), group=False)
+
+
+def _adamax_update(handles: tuple, grad: tf.Tensor, hyper: dict, apply: tf.Tensor):
+    """``ApplyAdaMax`` on a ``(var, m, v)`` resource handle triple, with the gradient zeroed unless ``apply``."""
+    var, m, v = handles
+    grad = tf.where(apply, grad, tf.zeros([], grad.dtype))  # a non-finite gradient must not reach the slots
+    return tf.raw_ops.ResourceApplyAdaMax(var=var, m=m, v=v, grad=grad, **hyper)
+
+
 @tf.function(autograph=False, experimental_attributes={"_noinline": True})
 def _adamax_updates(handles: tuple, grads: tuple, hyper: dict, apply: tf.Tensor) -> None:
-    """``ApplyAdaMax`` of each ``(var, m, v)`` resource handle triple with its gradient (zeroed unless ``apply``).
-
-    Traced once per signature and called, not inlined: one call per group in the
-    training step's graph instead of three ops per variable.
-    """
-    for (var, m, v), grad in zip(handles, grads):
-        grad = tf.where(apply, grad, tf.zeros([], grad.dtype))  # a non-finite gradient must not reach the slots
-        tf.raw_ops.ResourceApplyAdaMax(var=var, m=m, v=v, grad=grad, **hyper)
+    """:func:`_adamax_update` of each triple; traced once per signature and called, not inlined, per group."""
+    for triple, grad in zip(handles, grads):
+        _adamax_update(triple, grad, hyper, apply)
 
 
 def apply_adamax(
@@ -205,23 +224,12 @@ def apply_adamax(
         return var.handle, optimizer.get_slot(var, "m").handle, optimizer.get_slot(var, "v").handle
 
     def update(var, grad):
-        grad = tf.where(apply, grad, tf.zeros([], grad.dtype))  # a non-finite gradient must not reach the slots
-        var, m, v = handles(var)
-        return tf.raw_ops.ResourceApplyAdaMax(var=var, m=m, v=v, grad=grad, **hyper)
+        return _adamax_update(handles(var), grad, hyper, apply)
 
     def update_group(var, others, grads):
         return _adamax_updates(tuple(handles(v) for v in (var, *others)), tuple(grads), hyper, apply)
 
-    groups = _usable_groups(groups, strategy)
-    grouped = set()
-    for group in groups:
-        members = [variables[i] for i in group]
-        args = (members[1:], [grads[i] for i in group])
-        strategy.extended.update(members[0], update_group, args=args, group=False)
-        grouped.update(group)
-    for i, (var, grad) in enumerate(zip(variables, grads)):
-        if i not in grouped:
-            strategy.extended.update(var, update, args=(grad,), group=False)
+    _grouped_updates(strategy, variables, grads, groups, update, update_group)
     optimizer.iterations.assign_add(tf.cast(apply, optimizer.iterations.dtype))
 
 
@@ -336,17 +344,8 @@ class ExponentialMovingAverage(tf.Module):
         def average_group(avg, others, variables):
             return _moving_averages((avg, *others), tuple(variables), decay)
 
-        averages, variables = self.averages, self._variables()
-        groups = _usable_groups(groups, self._strategy)
-        grouped = {i for group in groups for i in group}
         with self._strategy.scope():
-            for group in groups:
-                members = [averages[i] for i in group]
-                args = (members[1:], [variables[i] for i in group])
-                self._strategy.extended.update(members[0], average_group, args=args)
-            for i, (avg, var) in enumerate(zip(averages, variables)):
-                if i not in grouped:
-                    self._strategy.extended.update(avg, average, args=(var,))
+            _grouped_updates(self._strategy, self.averages, self._variables(), groups, average, average_group)
             self.num_updates.assign_add(tf.cast(apply, tf.int64))
 
     def swap(self) -> None:
