@@ -535,29 +535,30 @@ def test_configure_graph_optimizer_only_on_cpu_only_machines(monkeypatch):
     assert not remapping & set(parallelism.CPU_GRAPPLER_OPTIONS)  # the passes the steps' speed depends on
 
 
-def test_lighter_graph_optimizer_changes_no_number(tiny_model):
-    """A training step's loss, gradients and a sample, bit for bit, with TensorFlow's passes and with ours."""
-    model = tiny_model((8, 8, 3), 5, batch_shards=2)
-    x = tf.random.stateless_uniform([4, *model.image_shape], [3, 4], -0.5, 0.5)
+def _trainer_numbers(config, workdir):
+    """Three training steps' losses, the weights after them and the EMA test bits/dim, in new functions."""
+    trainer = train_lib.Trainer(config, workdir)
+    trainer.initialize()
+    batches = iter(trainer.make_dataset(0))
+    losses = [trainer.train_step(next(batches))["loss"].numpy() for _ in range(3)]
+    sample = tf.function(lambda: trainer.model.sample(3, 0.7, seed=tf.constant([5, 6], tf.int64)))()
+    return [*losses, *(v.numpy() for v in trainer.variables), np.float32(trainer.evaluate()), sample.numpy()]
 
-    def run():  # new functions each time: options are read when a function is instantiated
-        @tf.function
-        def loss_and_grads(x):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(model.objective(x)["loss"])
-            return loss, tape.gradient(loss, model.trainable_variables)
 
-        loss, grads = loss_and_grads(x)
-        sample = tf.function(lambda: model.sample(3, 0.7, seed=tf.constant([5, 6], tf.int64)))()
-        return [loss.numpy(), sample.numpy(), *(g.numpy() for g in grads)]
+def test_lighter_graph_optimizer_changes_no_number(test_config, tmp_path):
+    """The Trainer's losses, weights, EMA eval bits/dim and a sample, bit for bit, with TensorFlow's passes and ours.
 
+    (The options are read when a function is instantiated; each Trainer traces new ones.)
+    """
+    config = test_config(**{"train.batch_shards": 2, "eval.max_examples": 32})
     before = tf.config.optimizer.get_experimental_options()
-    reference = run()
+    reference = _trainer_numbers(config, str(tmp_path / "default"))
     try:
         tf.config.optimizer.set_experimental_options(parallelism.CPU_GRAPPLER_OPTIONS)
-        lighter = run()
+        lighter = _trainer_numbers(config, str(tmp_path / "lighter"))
     finally:
         tf.config.optimizer.set_experimental_options({**{k: True for k in parallelism.CPU_GRAPPLER_OPTIONS}, **before})
+    assert len(reference) == len(lighter)
     for a, b in zip(reference, lighter):
         np.testing.assert_array_equal(a, b)
 
