@@ -99,8 +99,8 @@ def configure_graph_optimizer() -> None:
     """Turns off the grappler passes of :data:`CPU_GRAPPLER_OPTIONS` for this process.
 
     They cost a large share of each function's first call (at K=32, width 512, about
-    3.5 s of the training step's 11 s first execution) and do not make glow_tf's
-    CPU steps faster. Process-wide: it applies to every ``tf.function`` instantiated
+    2 s of the training step's 10 s first execution) and do not make glow_tf's CPU
+    steps faster; they change no number (tested). Process-wide: it applies to every ``tf.function`` instantiated
     afterwards. A no-op when TensorFlow sees a GPU or TPU (the layout optimiser
     matters there).
     """
