@@ -58,8 +58,12 @@ def main():
 
     bench = _bench_systems.CONFIGS[FLAGS.config]
     config = _bench_systems.trainer_config(bench, _bench_systems.RunOptions(), FLAGS.compute_dtype)
-    result = {"config": FLAGS.config, "compute_dtype": FLAGS.compute_dtype, "tf_grappler": FLAGS.tf_grappler}
-    result["seconds"] = {}
+    result = {
+        "config": FLAGS.config,
+        "compute_dtype": FLAGS.compute_dtype,
+        "tf_grappler": FLAGS.tf_grappler,
+        "seconds": {},
+    }
     seconds = result["seconds"]
     with tempfile.TemporaryDirectory() as workdir:
         seconds["construction"], trainer = _timed(lambda: train_lib.Trainer(config, workdir))

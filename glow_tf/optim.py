@@ -116,12 +116,6 @@ def shared_variable_names() -> Iterator[None]:
         yield
 
 
-def _usable_groups(groups: Sequence[Sequence[int]], strategy: tf.distribute.Strategy) -> Sequence[Sequence[int]]:
-    """``groups``, or none under a TPU strategy (updates there stay one op per variable, as TPU programs expect)."""
-    tpu = (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)
-    return () if isinstance(strategy, tpu) else groups
-
-
 def update_groups(
     variables: Sequence[tf.Variable], groups: Sequence[Sequence[tf.Variable]], strategy: tf.distribute.Strategy
 ) -> list[list[int]]:
@@ -130,13 +124,22 @@ def update_groups(
     Args:
       variables: the updated variables, in the order of the gradients.
       groups: lists of some of them (``Glow.step_variables()``), each updated by one call.
-      strategy: the strategy of the run; under a TPU strategy there are no groups.
+      strategy: the strategy of the run; under a TPU strategy there are no groups
+        (updates there stay one op per variable, as TPU programs expect).
 
     Returns:
       Each non-empty group as indices into ``variables``.
     """
+    if isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
+        return []
     index = {v.ref(): i for i, v in enumerate(variables)}
-    return list(_usable_groups([[index[v.ref()] for v in group] for group in groups if group], strategy))
+    return [[index[v.ref()] for v in group] for group in groups if group]
+
+
+def _ungrouped(count: int, groups: Sequence[Sequence[int]]) -> list[int]:
+    """The indices in ``range(count)`` that no group holds, in order."""
+    grouped = {i for group in groups for i in group}
+    return [i for i in range(count) if i not in grouped]
 
 
 def _grouped_updates(strategy, targets: Sequence, values: Sequence, groups, update_one, update_group) -> None:
@@ -145,15 +148,12 @@ def _grouped_updates(strategy, targets: Sequence, values: Sequence, groups, upda
     ``update_one(target, value)``; ``update_group(first, other_targets, values)`` (the
     group's first target places the call, as ``update`` places one target's).
     """
-    grouped = set()
-    for group in _usable_groups(groups, strategy):
+    for group in groups:
         members = [targets[i] for i in group]
         args = (members[1:], [values[i] for i in group])
         strategy.extended.update(members[0], update_group, args=args, group=False)
-        grouped.update(group)
-    for i, (target, value) in enumerate(zip(targets, values)):
-        if i not in grouped:
-            strategy.extended.update(target, update_one, args=(value,), group=False)
+    for i in _ungrouped(len(targets), groups):
+        strategy.extended.update(targets[i], update_one, args=(values[i],), group=False)
 
 
 def _adamax_update(handles: tuple, grad: tf.Tensor, hyper: dict, apply: tf.Tensor):
@@ -199,8 +199,8 @@ def apply_adamax(
         function each (``Glow.step_variables``: one group per flow step, so one
         trace serves the K steps of a level); the others are updated one by one.
         The same kernels either way, so the same numbers, with a graph of far
-        fewer nodes (faster tracing and first call at paper depth). Not used under
-        a TPU strategy.
+        fewer nodes (faster tracing and first call at paper depth). Make them
+        with :func:`update_groups` (none under a TPU strategy).
 
     Call in cross-replica context.
     """
@@ -248,8 +248,7 @@ def global_norm(grads: Sequence[tf.Tensor], groups: Sequence[Sequence[int]] = ()
     """
     if not groups:
         return tf.linalg.global_norm(list(grads))
-    grouped = {i for group in groups for i in group}
-    singles = [i for i in range(len(grads)) if i not in grouped]
+    singles = _ungrouped(len(grads), groups)
     parts = [_half_squared_norms(tuple(grads[i] for i in group)) for group in groups]
     if singles:
         parts.append(tf.stack([tf.nn.l2_loss(grads[i]) for i in singles]))

@@ -37,8 +37,9 @@ __all__ = [
 ]
 
 # Grappler passes that cost seconds of start-up on glow_tf's CPU graphs and, measured, buy no run time
-# there (benchmarks/bench_model.py, systems glow_tf_trainer against glow_tf_trainer_tf_grappler; the
-# README's "Measured" section). What stays on (the remapper's conv/matmul + bias + relu fusions, the
+# there (benchmarks/grappler_options.py interleaves both settings in one process; first_calls.py
+# --tf_grappler and bench_model.py's glow_tf_trainer_tf_grappler measure the defaults; the README's
+# "Measured" section). What stays on (the remapper's conv/matmul + bias + relu fusions, the
 # arithmetic optimiser, common subexpressions, pruning) is what the steps' speed depends on. Constant
 # folding stays on too: turning it off changes results in the last float bits (the digits quick start's
 # eval bits/dim at step 250, 3.4253 -> 3.4248), and these options must not change a number.
@@ -83,6 +84,8 @@ def configure_cpu_threads(cores: int | None = None, graph_optimizer: bool = True
       ValueError: for ``cores < 1``.
     """
     cores = available_cores() if cores is None else _validate.positive_int(cores, "cores")
+    if graph_optimizer:
+        configure_graph_optimizer()  # on one core too: it is about start-up, not threads
     if has_accelerator() or cores == 1:
         return 1
     try:
@@ -90,8 +93,6 @@ def configure_cpu_threads(cores: int | None = None, graph_optimizer: bool = True
         tf.config.threading.set_inter_op_parallelism_threads(cores)
     except RuntimeError:
         logging.info("TensorFlow is already running; keeping its thread settings.")
-    if graph_optimizer:
-        configure_graph_optimizer()
     return auto_batch_shards()
 
 
@@ -100,9 +101,9 @@ def configure_graph_optimizer() -> None:
 
     They cost a large share of each function's first call (at K=32, width 512, about
     2 s of the training step's 10 s first execution) and do not make glow_tf's CPU
-    steps faster; they change no number (tested). Process-wide: it applies to every ``tf.function`` instantiated
-    afterwards. A no-op when TensorFlow sees a GPU or TPU (the layout optimiser
-    matters there).
+    steps faster; they change no number (tested). Process-wide: it applies to every
+    ``tf.function`` instantiated afterwards. A no-op when TensorFlow sees a GPU or
+    TPU (the layout optimiser matters there).
     """
     if not has_accelerator():
         tf.config.optimizer.set_experimental_options(CPU_GRAPPLER_OPTIONS)

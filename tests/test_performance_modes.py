@@ -505,15 +505,18 @@ def test_auto_batch_shards_follows_the_thread_settings(monkeypatch):
     assert parallelism.auto_batch_shards() == 1
 
 
-def test_configure_cpu_threads_with_an_accelerator_or_one_core_changes_nothing(monkeypatch):
-    calls = []
+def test_configure_cpu_threads_with_an_accelerator_or_one_core_keeps_the_threads(monkeypatch):
+    calls, options = [], []
     monkeypatch.setattr(tf.config.threading, "set_intra_op_parallelism_threads", calls.append)
     monkeypatch.setattr(tf.config.threading, "set_inter_op_parallelism_threads", calls.append)
+    monkeypatch.setattr(tf.config.optimizer, "set_experimental_options", options.append)
     monkeypatch.setattr(parallelism, "has_accelerator", lambda: True)
     assert parallelism.configure_cpu_threads(4) == 1
+    assert options == []  # an accelerator keeps every grappler pass
     monkeypatch.setattr(parallelism, "has_accelerator", lambda: False)
     assert parallelism.configure_cpu_threads(1) == 1
     assert calls == []
+    assert options == [parallelism.CPU_GRAPPLER_OPTIONS]  # one CPU core: the lighter start-up all the same
 
 
 def test_configure_graph_optimizer_only_on_cpu_only_machines(monkeypatch):
@@ -551,13 +554,15 @@ def test_lighter_graph_optimizer_changes_no_number(test_config, tmp_path):
     (The options are read when a function is instantiated; each Trainer traces new ones.)
     """
     config = test_config(**{"train.batch_shards": 2, "eval.max_examples": 32})
-    before = tf.config.optimizer.get_experimental_options()
-    reference = _trainer_numbers(config, str(tmp_path / "default"))
+    before = tf.config.optimizer.get_experimental_options()  # other tests may have set the lighter set already
+    defaults = {name: True for name in parallelism.CPU_GRAPPLER_OPTIONS}
     try:
+        tf.config.optimizer.set_experimental_options(defaults)
+        reference = _trainer_numbers(config, str(tmp_path / "default"))
         tf.config.optimizer.set_experimental_options(parallelism.CPU_GRAPPLER_OPTIONS)
         lighter = _trainer_numbers(config, str(tmp_path / "lighter"))
     finally:
-        tf.config.optimizer.set_experimental_options({**{k: True for k in parallelism.CPU_GRAPPLER_OPTIONS}, **before})
+        tf.config.optimizer.set_experimental_options({**defaults, **before})
     assert len(reference) == len(lighter)
     for a, b in zip(reference, lighter):
         np.testing.assert_array_equal(a, b)
