@@ -48,6 +48,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("steps", 5, "Profiled steps.")
     flags.DEFINE_integer("warmup", 5, "Untimed steps before profiling.")
     flags.DEFINE_integer("threads", 2, "CPU threads.")
+    flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "The model's compute_dtype.")
     flags.DEFINE_bool("tf_threads", False, "TF's default threading instead of glow_tf.parallelism's.")
     flags.DEFINE_integer("top", 25, "Rows per table.")
     flags.DEFINE_string("out", _harness.RESULTS, "Folder for the JSON result.")
@@ -126,12 +127,19 @@ def read_op_events(logdir: str) -> list[tuple[str, str, float]]:
 
 
 def aggregate(events, layers: set[str], steps: int) -> dict[str, list[dict[str, Any]]]:
-    """Per-step milliseconds grouped by op type, by layer and direction, and by direction and level."""
-    groups: dict[str, collections.Counter] = {k: collections.Counter() for k in ("op_type", "layer", "dir_level")}
+    """Per-step milliseconds grouped by op type, by layer and direction, by direction and level, and by all three."""
+    groups: dict[str, collections.Counter] = {
+        k: collections.Counter() for k in ("op_type", "layer", "dir_level", "op_type_layer")
+    }
     counts: dict[str, collections.Counter] = {k: collections.Counter() for k in groups}
     for name, op_type, ms in events:
         direction, level, layer = attribute(name, op_type, layers)
-        keys = {"op_type": op_type, "layer": f"{layer} [{direction}]", "dir_level": f"{direction} {level}"}
+        keys = {
+            "op_type": op_type,
+            "layer": f"{layer} [{direction}]",
+            "dir_level": f"{direction} {level}",
+            "op_type_layer": f"{op_type} in {layer} [{direction}]",
+        }
         for group, key in keys.items():
             groups[group][key] += ms / steps
             counts[group][key] += 1
@@ -151,7 +159,7 @@ def _build():
     tf = _import_tf(FLAGS.threads, not FLAGS.tf_threads)
     config = CONFIGS[FLAGS.config]
     images = _images(config, 0)
-    fns, _ = build_glow_tf(config, RunOptions(threads=FLAGS.threads), False, images)
+    fns, _ = build_glow_tf(config, RunOptions(threads=FLAGS.threads), False, images, FLAGS.compute_dtype)
     x = tf.constant(images)
     if FLAGS.fn == "train":
         return config, fns.train, (x,)
@@ -192,7 +200,15 @@ def main() -> dict[str, Any]:
     _print("by op type", tables["op_type"], FLAGS.top)
     _print("by layer and direction", tables["layer"], FLAGS.top)
     _print("by direction and level", tables["dir_level"], FLAGS.top)
-    report = {"config": FLAGS.config, "fn": FLAGS.fn, "wall_ms_median": wall_ms, "summed_op_ms": summed, **tables}
+    _print("by op type, layer and direction", tables["op_type_layer"], FLAGS.top)
+    report = {
+        "config": FLAGS.config,
+        "fn": FLAGS.fn,
+        "compute_dtype": FLAGS.compute_dtype,
+        "wall_ms_median": wall_ms,
+        "summed_op_ms": summed,
+        **tables,
+    }
     path = _harness.write_json(
         report, _harness.result_path(f"bench_profile-{FLAGS.fn}-{_harness.timestamp()}", FLAGS.out)
     )

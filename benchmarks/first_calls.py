@@ -13,7 +13,9 @@ its result:
 * ``Trainer.train_step`` (one batch);
 * ``Glow.sample`` in a ``tf.function`` (16 images at T=0.7);
 * ``Glow.encode`` in a ``tf.function`` (the batch);
-* ``glow_tf.export.export_model`` (every SavedModel signature traced and written).
+* ``glow_tf.export.export_model`` (every SavedModel signature traced and written);
+* ``tf.saved_model.load`` of that export, then its first ``bits_per_dim`` signature call
+  (the batch), as a user or a serving process that loads it pays.
 
 ``--tf_grappler`` keeps TensorFlow's default graph optimiser instead of
 ``glow_tf.parallelism.CPU_GRAPPLER_OPTIONS`` (to measure what those save).
@@ -77,7 +79,12 @@ def main():
         x = glow_tf.preprocess(images, config.data.n_bits)
         encode = tf.function(model.encode)
         seconds["first_encode"], _ = _timed(lambda: [z.numpy() for z in encode(x)])
-        seconds["export"], _ = _timed(lambda: export.export_model(model, f"{workdir}/export"))
+        seconds["export"], path = _timed(lambda: export.export_model(model, f"{workdir}/export"))
+        seconds["load_export"], loaded = _timed(lambda: tf.saved_model.load(path))
+        uint8 = tf.cast(images, tf.uint8)
+        seconds["first_loaded_bits_per_dim"], _ = _timed(
+            lambda: loaded.signatures["bits_per_dim"](images=uint8)["bits_per_dim"].numpy()
+        )
     result["batch_shards"] = model.batch_shards
     for name, value in seconds.items():
         print(f"{FLAGS.config:<12} {name:<22} {value:6.1f} s")

@@ -40,8 +40,9 @@ Gradients (``backprop``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import tensorflow as tf
 
@@ -96,6 +97,7 @@ class FlowSteps:
         self.steps = [list(step) for step in steps]
         self.template = self.steps[0]
         self._sizes = [len(layer.weights()) for layer in self.template]
+        self._stacked: list[tuple] | None = None  # step weights from stacked tensors (stacked_weights)
         scope = f"{name}/step"
         self._encode_fn = _Traced(self._encode_step, scope)
         self._decode_fn = _Traced(self._decode_step, scope)
@@ -104,9 +106,30 @@ class FlowSteps:
 
     # ---------------------------------------------------------- one step's maths
     def step_weights(self, k: int) -> tuple[tf.Tensor, ...]:
-        """Step ``k``'s weights, its layers' ``weights()`` one after the other."""
+        """Step ``k``'s weights, its layers' ``weights()`` one after the other (see :meth:`stacked_weights`)."""
+        if self._stacked is not None:
+            return self._stacked[k]
         with name_scope(f"step{k}"):
             return tuple(w for layer in self.steps[k] for w in layer.weights())
+
+    def stack_weights(self) -> list[tf.Tensor]:
+        """Every step's weights stacked: entry ``j`` is ``[K, ...]``, the ``j``-th weight of steps ``0..K-1``."""
+        return [tf.stack(column) for column in zip(*(self.step_weights(k) for k in range(len(self.steps))))]
+
+    @contextlib.contextmanager
+    def stacked_weights(self, stacked: Sequence[tf.Tensor]) -> Iterator[None]:
+        """Runs the steps with weights sliced from ``stacked`` (:meth:`stack_weights`' layout), not their variables.
+
+        A graph traced inside then holds one read and one unstack per weight of a
+        step instead of one read per weight of every step: what makes an export of
+        ``K * (weights per step)`` variables small. The values, and so the results, are the same.
+        """
+        columns = [tf.unstack(tf.convert_to_tensor(s), num=len(self.steps)) for s in stacked]
+        previous, self._stacked = self._stacked, [tuple(c[k] for c in columns) for k in range(len(self.steps))]
+        try:
+            yield
+        finally:
+            self._stacked = previous
 
     def _per_layer(self, weights: Sequence[tf.Tensor]) -> list[tuple]:
         out, start = [], 0

@@ -302,6 +302,53 @@ def test_in_process_module_matches_the_model(exported):
         module.sample(tf.constant(2), tf.constant(-1.0))
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"permutation": "invconv", "lu_decomposed": True, "coupling": "affine", "num_classes": 3},
+        {"permutation": "shuffle", "coupling": "additive"},
+    ],
+    ids=["lu_affine_conditional", "shuffle_additive"],
+)
+def test_saved_stacked_step_weights_give_the_live_variables_results_bit_for_bit(tiny_model, tmp_path, kwargs):
+    """The export holds one [K, ...] variable per weight of a level's step; every function's results are unchanged."""
+    classes = kwargs.pop("num_classes", 0)
+    model = tiny_model([8, 8, 3], 5, classes, num_steps=3, **kwargs)
+    live = export.build_export_module(model)
+    path = export.export_model(model, str(tmp_path / "export"))
+    loaded = tf.saved_model.load(path)
+
+    per_step = len(model.levels[0].flow.step_weights(0))
+    assert [len(level) for level in loaded.stacked_step_weights] == [per_step] * model.num_levels
+    assert all(v.shape[0] == 3 for level in loaded.stacked_step_weights for v in level)
+    outside = [v for v in model.variables if "step" not in v.name]
+    assert len(loaded.model_variables) == len(outside) > 0
+    saved = len(loaded.model_variables) + model.num_levels * per_step
+    assert saved < len(model.variables) // 2
+
+    rng = np.random.default_rng(5)
+    images = tf.constant(rng.integers(0, 256, [4, 8, 8, 3]).astype(np.uint8))
+    labels = [tf.constant([0, 2, 1, 2], tf.int32)] if classes else []
+    sample_labels = [labels[0][:3]] if classes else []
+    seed = tf.constant(SEED, tf.int64)
+    x = quantization.preprocess(images, 5) + 1 / 64
+    pairs = {
+        "terms": lambda m: m.log_prob_terms_float(x, *labels),
+        "encode": lambda m: m.encode_float(x, *labels),
+        "sample": lambda m: m.sample_seeded(tf.constant(3), tf.constant(0.8), seed, *sample_labels),
+        "bits": lambda m: m.bits_per_dim_seeded(images, seed, *labels),
+        "per_level": lambda m: m.per_level_bits_per_dim_seeded(images, seed, tf.range(4, dtype=tf.int64), *labels),
+    }
+    for name, call in pairs.items():
+        expected, got = call(live), call(loaded)
+        for key in expected:
+            np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy(), err_msg=f"{name}: {key}")
+    latents = live.encode_float(x, *labels)
+    decoded = loaded.decode(*(latents[n] for n in export.latent_names(model.num_levels)), *labels)
+    expected = live.decode(*(latents[n] for n in export.latent_names(model.num_levels)), *labels)
+    np.testing.assert_array_equal(decoded["images"].numpy(), expected["images"].numpy())
+
+
 # ------------------------------------------------------------- a real training run
 
 
