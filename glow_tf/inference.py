@@ -164,9 +164,18 @@ class InferenceModel:
         self.num_levels = len(self.latent_shapes)
 
     @classmethod
-    def from_model(cls, model: Glow, n_bits: int | None = None, data_config=None) -> InferenceModel:
-        """Wraps an initialised in-process ``Glow`` (its current weights)."""
-        return cls(export.build_export_module(model, n_bits), "in-process model", data_config)
+    def from_model(
+        cls, model: Glow, n_bits: int | None = None, data_config=None, stack_step_weights: bool = False
+    ) -> InferenceModel:
+        """Wraps an initialised in-process ``Glow``.
+
+        By default its functions read the model's variables (later changes of the
+        weights show). ``stack_step_weights`` runs them on a copy of the flow steps'
+        weights stacked per level, as an export holds them: the same results, first
+        calls ~1.5-2x faster at K=32, one more copy of those weights in memory.
+        """
+        module = export.build_export_module(model, n_bits, stack_step_weights=stack_step_weights)
+        return cls(module, "in-process model", data_config)
 
     @classmethod
     def from_saved_model(cls, path: str) -> InferenceModel:
@@ -374,7 +383,7 @@ def load_inference_model(path: str, checkpoint: str = "latest") -> InferenceMode
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path!r} is neither a SavedModel folder nor a training workdir.")
     model, config = restore_for_inference(path, checkpoint)
-    return InferenceModel.from_model(model, config.data.n_bits, config.data)
+    return InferenceModel.from_model(model, config.data.n_bits, config.data, stack_step_weights=True)
 
 
 def _exported_data_config(path: str):
