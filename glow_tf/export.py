@@ -138,7 +138,7 @@ def _stack_step_weights(model: Glow) -> tuple[list[list[tf.Variable]], list[tf.V
 
 
 class _ExportModule(tf.Module):
-    """The exported object: the model's variables, metadata variables and the traced functions."""
+    """The exported object: the model's (or the stacked) weights, metadata variables and the traced functions."""
 
 
 def _check_labels(labels: tf.Tensor, batch: tf.Tensor, num_classes: int) -> tf.Tensor:
@@ -292,7 +292,9 @@ def build_export_module(model: Glow, n_bits: int | None = None, stack_step_weigh
         variables, so the functions follow later changes of the weights.
 
     Returns:
-      A ``tf.Module`` holding the model's variables, the metadata variables and the functions.
+      A ``tf.Module`` holding the model's variables (with ``stack_step_weights``: the
+      stacked copies of the step weights and the variables outside the steps), the
+      metadata variables and the functions.
 
     Raises:
       ValueError: for an uninitialised model or ``n_bits`` different from ``model.n_bits``.
