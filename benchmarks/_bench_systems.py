@@ -278,11 +278,18 @@ def build_tfb_glow(config: BenchConfig, options: RunOptions, jit: bool, images) 
     return SystemFns(train, sample, evaluate, _bits_per_dim_fn(config), info), init_s
 
 
-def trainer_config(config: BenchConfig, options: RunOptions, compute_dtype: str = "float32", batch_shards: int = 0):
+def trainer_config(
+    config: BenchConfig,
+    options: RunOptions,
+    compute_dtype: str = "float32",
+    batch_shards: int = 0,
+    stack_variables: bool = True,
+):
     """The training config of :func:`build_glow_tf_trainer`: the benchmark's model size, batch and seed on digits.
 
     ``config_lib.default_config()`` with digits resized to the image shape, affine coupling,
-    LU 1x1 convolutions, a learned top prior, no EMA.
+    LU 1x1 convolutions, a learned top prior, no EMA; ``stack_variables=False`` keeps one
+    variable per weight of every step (the layout before ``glow_tf.stacking``).
     """
     from glow_tf import config_lib
 
@@ -298,11 +305,18 @@ def trainer_config(config: BenchConfig, options: RunOptions, compute_dtype: str 
     cfg.train.batch_size = cfg.train.n_init = config.batch_size
     cfg.optim.ema_decay = 0.0
     cfg.model.compute_dtype, cfg.train.batch_shards = compute_dtype, batch_shards
+    cfg.model.stack_variables = stack_variables
     return cfg
 
 
 def build_glow_tf_trainer(
-    config: BenchConfig, options: RunOptions, jit: bool, images, compute_dtype: str = "float32", batch_shards: int = 0
+    config: BenchConfig,
+    options: RunOptions,
+    jit: bool,
+    images,
+    compute_dtype: str = "float32",
+    batch_shards: int = 0,
+    stack_variables: bool = True,
 ) -> tuple[SystemFns, float]:
     """glow_tf through the public ``glow_tf.train_lib.Trainer(...).train_step``.
 
@@ -314,8 +328,8 @@ def build_glow_tf_trainer(
     dataset, checkpoint manager, summary writers) counts as construction; its
     ``initialize()`` (data-dependent init) is reported as the init time.
     ``jit`` is not supported (the public step is not compiled with XLA).
-    ``compute_dtype`` and ``batch_shards`` set ``config.model.compute_dtype`` and
-    ``config.train.batch_shards`` (0: auto, as ``train.py``).
+    ``compute_dtype``, ``batch_shards`` and ``stack_variables`` set ``config.model.compute_dtype``,
+    ``config.train.batch_shards`` (0: auto, as ``train.py``) and ``config.model.stack_variables``.
     """
     import tempfile
 
@@ -325,7 +339,7 @@ def build_glow_tf_trainer(
 
     if jit:
         raise NotImplementedError("glow_tf_trainer has no XLA variant.")
-    cfg = trainer_config(config, options, compute_dtype, batch_shards)
+    cfg = trainer_config(config, options, compute_dtype, batch_shards, stack_variables)
     trainer = train_lib.Trainer(cfg, tempfile.mkdtemp(prefix="bench_trainer_"))
     init_start = time.perf_counter()
     trainer.initialize()
@@ -374,6 +388,10 @@ SYSTEMS: dict[str, System] = {
     "glow_tf_trainer": System(build_glow_tf_trainer, one_thread_per_op=True),
     "glow_tf_trainer_bf16": System(
         functools.partial(build_glow_tf_trainer, compute_dtype="bfloat16"), one_thread_per_op=True
+    ),
+    # one variable per weight of every flow step (the layout before glow_tf.stacking, and of older runs)
+    "glow_tf_trainer_per_step": System(
+        functools.partial(build_glow_tf_trainer, stack_variables=False), one_thread_per_op=True
     ),
     # TensorFlow's default graph optimiser (every grappler pass): what parallelism.CPU_GRAPPLER_OPTIONS saves
     "glow_tf_trainer_tf_grappler": System(build_glow_tf_trainer, one_thread_per_op=True, tf_grappler=True),

@@ -18,7 +18,9 @@ its result:
   (the batch), as a user or a serving process that loads it pays.
 
 ``--tf_grappler`` keeps TensorFlow's default graph optimiser instead of
-``glow_tf.parallelism.CPU_GRAPPLER_OPTIONS`` (to measure what those save).
+``glow_tf.parallelism.CPU_GRAPPLER_OPTIONS`` (to measure what those save);
+``--nostack_variables`` builds the model with one variable per weight of every flow
+step instead of stacked ones (``config.model.stack_variables``, :mod:`glow_tf.stacking`).
 
 Construction (strategy, dataset, summary writers) and the data-dependent init are
 reported apart. Prints one line per entry point and writes
@@ -38,6 +40,9 @@ flags.DEFINE_enum("config", "bench-32", sorted(_bench_systems.CONFIGS), "Model s
 flags.DEFINE_string("compute_dtype", "float32", "config.model.compute_dtype.")
 flags.DEFINE_bool(
     "tf_grappler", False, "Keep TensorFlow's default grappler passes (not parallelism.CPU_GRAPPLER_OPTIONS)."
+)
+flags.DEFINE_bool(
+    "stack_variables", True, "config.model.stack_variables (False: one variable per weight of every flow step)."
 )
 flags.DEFINE_string("out", "", "JSON path (default benchmarks/results/first_calls-<config>-<time>.json).")
 FLAGS = flags.FLAGS
@@ -59,11 +64,14 @@ def main():
     from glow_tf import export, train_lib
 
     bench = _bench_systems.CONFIGS[FLAGS.config]
-    config = _bench_systems.trainer_config(bench, _bench_systems.RunOptions(), FLAGS.compute_dtype)
+    config = _bench_systems.trainer_config(
+        bench, _bench_systems.RunOptions(), FLAGS.compute_dtype, stack_variables=FLAGS.stack_variables
+    )
     result = {
         "config": FLAGS.config,
         "compute_dtype": FLAGS.compute_dtype,
         "tf_grappler": FLAGS.tf_grappler,
+        "stack_variables": FLAGS.stack_variables,
         "seconds": {},
     }
     seconds = result["seconds"]

@@ -69,6 +69,10 @@ def default_config() -> ml_collections.ConfigDict:
     # and on GPUs/TPUs); variables, flow maths, log-dets and priors stay float32. "float16": the same in
     # float16 (GPUs without bfloat16: V100, T4) with dynamic loss scaling in the training step.
     config.model.compute_dtype = "float32"
+    # Each level's flow-step variables as one [K, ...] variable per variable of a step (glow_tf.stacking): the
+    # same model and numbers, a training step that starts seconds sooner at paper depth. The checkpoint layout
+    # depends on it; a config.json written before this field existed means False.
+    config.model.stack_variables = True
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3
@@ -302,7 +306,8 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
     """Inverse of :func:`config_to_json` (lists come back where tuples were); the result is schema-checked.
 
     Keys added to the schema after the JSON was written take their defaults, so
-    runs saved by an older version still load.
+    runs saved by an older version still load; ``model.stack_variables``, whose
+    default changes the checkpoint layout, takes False (the layout they were saved in).
 
     Raises:
       ValueError: when the JSON does not hold a valid config.
@@ -310,6 +315,8 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
     loaded = ml_collections.ConfigDict(json.loads(text))
     config = default_config()
     _check_keys(loaded, config, allow_missing=True)
+    if "model" in loaded and "stack_variables" not in loaded.model:
+        config.model.stack_variables = False  # the layout of every run saved before the field existed
     config.update(loaded)
     return config
 

@@ -134,6 +134,7 @@ def _stack_step_weights(model: Glow) -> tuple[list[list[tf.Variable]], list[tf.V
         for i, level in enumerate(model.levels)
     ]
     in_steps = {id(v) for level in model.levels for step in level.steps for layer in step for v in layer.variables}
+    in_steps |= {id(v) for level in model.levels for v in level.stacked_step_variables}  # Glow(stack_variables=True)
     return stacked, [v for v in model.variables if id(v) not in in_steps]
 
 

@@ -14,6 +14,11 @@ outputs exist only once the whole call is done); each call computes the step's
 batch-independent tensors (folded kernels, ``W``, log-dets) itself, which costs
 little next to the convolutions.
 
+With ``Glow(stack_variables=True)`` (:mod:`glow_tf.stacking`) the level's step variables
+are ``[K, ...]`` variables: a pass reads each once and unstacks it into the steps'
+weights, so a training step's graph captures, reads and updates a handful of variables
+per level instead of every step's.
+
 Names (:mod:`glow_tf._scopes`): the calls of step ``k`` run in the scope ``step{k}`` of
 the caller's (``Glow`` enters ``level{i}``); the traced step function's own ops, which
 serve every step, read ``level{i}/step/<layer>/...``.
@@ -46,7 +51,7 @@ from collections.abc import Iterator, Sequence
 
 import tensorflow as tf
 
-from glow_tf import nn
+from glow_tf import nn, stacking
 from glow_tf._scopes import name_scope
 from glow_tf.bijectors import GlowBijector
 from glow_tf.bijectors.base import float_indices, place_gradients, zeros_for_none
@@ -91,10 +96,16 @@ class FlowSteps:
         layers supply the functions that run every step).
       name: the level's name (``level0``); the traced step functions build their
         ops in ``<name>/step``.
+      stacked: the level's stacked step variables when the layers hold views of
+        them (:mod:`glow_tf.stacking`); each pass then reads every stacked
+        variable once and unstacks it.
     """
 
-    def __init__(self, steps: Sequence[Sequence[GlowBijector]], name: str = "flow"):
+    def __init__(
+        self, steps: Sequence[Sequence[GlowBijector]], name: str = "flow", stacked: stacking.StackedSteps | None = None
+    ):
         self.steps = [list(step) for step in steps]
+        self.stacked_variables = stacked
         self.template = self.steps[0]
         self._sizes = [len(layer.weights()) for layer in self.template]
         self._stacked: list[tuple] | None = None  # step weights from stacked tensors (stacked_weights)
@@ -114,7 +125,7 @@ class FlowSteps:
 
     def stack_weights(self) -> list[tf.Tensor]:
         """Every step's weights stacked: entry ``j`` is ``[K, ...]``, the ``j``-th weight of steps ``0..K-1``."""
-        return [tf.stack(column) for column in zip(*(self.step_weights(k) for k in range(len(self.steps))))]
+        return [tf.stack(column) for column in zip(*self._all_step_weights())]
 
     @contextlib.contextmanager
     def stacked_weights(self, stacked: Sequence[tf.Tensor]) -> Iterator[None]:
@@ -130,6 +141,12 @@ class FlowSteps:
             yield
         finally:
             self._stacked = previous
+
+    def _all_step_weights(self) -> list[tuple]:
+        """``[step_weights(k) for k]``, with stacked variables read once each (:meth:`StackedSteps.unstacked`)."""
+        read_rows = self.stacked_variables is not None and self._stacked is None
+        with self.stacked_variables.unstacked() if read_rows else contextlib.nullcontext():
+            return [self.step_weights(k) for k in range(len(self.steps))]
 
     def _per_layer(self, weights: Sequence[tf.Tensor]) -> list[tuple]:
         out, start = [], 0
@@ -184,7 +201,7 @@ class FlowSteps:
         """
         if nn.in_data_dependent_init():
             return self._initialize(xs)
-        weights = [self.step_weights(k) for k in range(len(self.steps))]
+        weights = self._all_step_weights()
         outs = [self._encode_slice([x], weights, backprop, inline) for x in xs]
         return [z for (z,), _ in outs], [ld for _, (ld,) in outs]
 
@@ -203,7 +220,7 @@ class FlowSteps:
 
     def decode(self, zs: list, inline: bool = False) -> list:
         """The exact inverse of :meth:`encode` on every slice."""
-        weights = [self.step_weights(k) for k in range(len(self.steps))]  # read once, used by every slice
+        weights = self._all_step_weights()  # read once, used by every slice
         out = []
         for z in zs:
             for k in reversed(range(len(self.steps))):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -10,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from glow_tf import _validate, metrics, nn, parallelism
+from glow_tf import _validate, metrics, nn, parallelism, stacking
 from glow_tf._scopes import name_scope
 from glow_tf.bijectors import (
     COMPUTE_DTYPES,
@@ -50,14 +51,25 @@ _not_autographed = tf.autograph.experimental.do_not_convert
 
 
 class _Level(tf.Module):
-    """One scale: ``layers`` in encode order (squeeze, then K flow steps) and its split prior."""
+    """One scale: ``layers`` in encode order (squeeze, then K flow steps), its split prior, stacked step variables."""
 
-    def __init__(self, layers: list[tfb.Bijector], split_prior: SplitPrior | None, kept_channels: int, name: str):
+    def __init__(
+        self,
+        layers: list[tfb.Bijector],
+        split_prior: SplitPrior | None,
+        kept_channels: int,
+        name: str,
+        stacked: stacking.StackedSteps | None = None,
+    ):
         super().__init__(name=name)
         self.layers = layers
         self.split_prior = split_prior
         self.kept_channels = kept_channels
-        self.flow = FlowSteps(self.steps, name)  # a plain object: the variables stay tracked through `layers`
+        # With Glow(stack_variables=True) the steps' variables live here and the layers hold views of their rows.
+        self.stacked_step_variables = list(stacked.variables) if stacked is not None else []
+        self.flow = FlowSteps(
+            self.steps, name, stacked
+        )  # a plain object: the variables stay tracked here and in `layers`
 
     @property
     def squeeze(self) -> Squeeze:
@@ -140,6 +152,13 @@ class Glow(tf.Module):
       compute_dtype: dtype the coupling networks compute in (default ``dtype``);
         ``'bfloat16'`` is a mixed-precision mode: the networks' convolutions run in
         bfloat16 while the flow maths, log-determinants and priors stay in ``dtype``.
+      stack_variables: keep each level's flow-step variables as one ``[K, ...]``
+        variable per variable of a step (``level0/steps/coupling/conv1/kernel``,
+        row ``k`` is step ``k``'s; :mod:`glow_tf.stacking`) instead of one per step.
+        The same model and numbers; a training step then has ~1/24 of the
+        variables at paper depth, so it traces and starts several seconds sooner.
+        The layers still read and assign their own rows. Checkpoints of the two
+        layouts differ (``config.model.stack_variables`` records it).
       name: module name.
 
     Attributes besides the arguments: ``step_functions`` (default True) runs each
@@ -177,6 +196,7 @@ class Glow(tf.Module):
         backprop: str | None = None,
         dtype: tf.DType = tf.float32,
         compute_dtype: tf.DType | str | None = None,
+        stack_variables: bool = False,
         name: str = "glow",
     ):
         super().__init__(name=name)
@@ -207,6 +227,7 @@ class Glow(tf.Module):
         self.dtype = dtype
         self.compute_dtype = _compute_dtype(compute_dtype, dtype)
         self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.stack_variables = bool(stack_variables)
         if backprop is not None:
             if gradient_checkpointing and backprop != "checkpointing":
                 raise ValueError(f"gradient_checkpointing=True contradicts backprop={backprop!r}; pass one of them.")
@@ -223,19 +244,19 @@ class Glow(tf.Module):
         shape = list(self.image_shape)
         for i in range(self.num_levels):
             shape = squeezed_shape(shape)
-            with tf.name_scope(f"level{i}"):
-                layers = [Squeeze(name="squeeze")]
-                for k in range(self.num_steps):
-                    with tf.name_scope(f"step{k}"):
-                        layers += self._flow_step(shape[-1], rng)
-                split = SplitPrior(shape[-1], dtype=dtype, name="split_prior") if i < self.num_levels - 1 else None
+            with stacking.collect_steps() if self.stack_variables else contextlib.nullcontext() as collector:
+                with tf.name_scope(f"level{i}"):
+                    layers = [Squeeze(name="squeeze")]
+                    for k in range(self.num_steps):
+                        with tf.name_scope(f"step{k}"), collector.step() if collector else contextlib.nullcontext():
+                            layers += self._flow_step(shape[-1], rng)
+                    split = SplitPrior(shape[-1], dtype=dtype, name="split_prior") if i < self.num_levels - 1 else None
+                stacked = collector.stack() if collector else None
+            kept = split.split_channels if split is not None else shape[-1]
+            levels.append(_Level(layers, split, kept, name=f"level{i}", stacked=stacked))
             if split is not None:
-                kept = split.split_channels
                 latent_shapes.append((shape[0], shape[1], shape[2] - kept))
-                levels.append(_Level(layers, split, kept, name=f"level{i}"))
                 shape = [shape[0], shape[1], kept]
-            else:
-                levels.append(_Level(layers, None, shape[-1], name=f"level{i}"))
         self.levels = levels
         self.top_shape = tuple(shape)
         self.latent_shapes = (*latent_shapes, self.top_shape)  # shapes of encode()'s latents
@@ -313,6 +334,8 @@ class Glow(tf.Module):
 
         All K steps of a level hold variables of the same shapes, so a per-step
         computation traced once serves them all (``optim.apply_adamax``'s ``groups``).
+        Empty lists with ``stack_variables``: the layers then hold views, and each
+        stacked variable is updated as one already.
         """
         steps = [step for level in self.levels for step in level.steps]
         return [[v for layer in step for v in layer.trainable_variables] for step in steps]

@@ -57,7 +57,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from glow_tf import nn
+from glow_tf import nn, stacking
 from glow_tf.bijectors import AffineCoupling, ChannelPermutation, InvertibleConv1x1, LUInvertibleConv1x1
 from glow_tf.model import Glow
 
@@ -289,16 +289,34 @@ def layout(model: Glow) -> list[Converter]:
 
 def _check_covers(converters: list[Converter], model: Glow) -> None:
     """Every variable of ``model`` is set by the converters, or a ``ValueError`` naming the leftovers."""
-    mapped = {v.ref() for c in converters for v in c.variables}
-    left = {v.ref() for v in model.variables if v.ref() not in mapped}
+    stacked = _stacked_rows(model)
+    mapped = {cell for c in converters for v in c.variables for cell in _cells(v)}
+    left = {cell for v in model.variables for cell in _cells(v, stacked) if cell not in mapped}
     if not left:
         return
     paths = {}  # a readable attribute path per leftover (levels.0.layers.1..., not the TFP chain's copy)
-    for path, variable in model._flatten(predicate=lambda v: isinstance(v, tf.Variable), with_path=True):
+    leaves = model._flatten(predicate=lambda v: isinstance(v, (tf.Variable, stacking.StepSlice)), with_path=True)
+    for path, variable in leaves:
+        if isinstance(variable, tf.Variable) and variable.ref() in stacked:
+            continue  # named by the layer paths of its rows' views
+        (cell,) = _cells(variable)
         rank = (path[0] in ("bijector", "distribution"), len(path))
-        if variable.ref() in left and (variable.ref() not in paths or rank < paths[variable.ref()][0]):
-            paths[variable.ref()] = (rank, f"{'.'.join(str(p) for p in path)} {variable.shape.as_list()}")
+        if cell in left and (cell not in paths or rank < paths[cell][0]):
+            paths[cell] = (rank, f"{'.'.join(str(p) for p in path)} {variable.shape.as_list()}")
     raise ValueError(f"glow_tf variables with no original counterpart: {listing(p for _, p in paths.values())}.")
+
+
+def _stacked_rows(model: Glow) -> dict:
+    """``{variable.ref(): K}`` for the stacked step variables of a ``Glow(stack_variables=True)``."""
+    return {v.ref(): int(v.shape[0]) for level in model.levels for v in level.stacked_step_variables}
+
+
+def _cells(variable, stacked_rows: dict | None = None) -> list[tuple]:
+    """What a converter's variable covers: ``(variable, None)``, or ``(stacked variable, row)`` per row it holds."""
+    if isinstance(variable, stacking.StepSlice):
+        return [(variable.stacked.ref(), variable.row)]
+    rows = (stacked_rows or {}).get(variable.ref())
+    return [(variable.ref(), None)] if rows is None else [(variable.ref(), k) for k in range(rows)]
 
 
 # ----------------------------------------------------------------------------- reading
@@ -367,8 +385,7 @@ def load_into(model: Glow, prefix: str, ema: bool = False) -> int:
     plan = _plan(converters, reader, ema, prefix)
     tensors = {name: reader.get_tensor(key) for name, key in plan.items()}
     assignments = [pair for c in converters for pair in c.read(tensors)]
-    for variable, value in assignments:
-        variable.assign(np.asarray(value).astype(variable.dtype.as_numpy_dtype))
+    stacking.assign_all([(v, np.asarray(value).astype(v.dtype.as_numpy_dtype)) for v, value in assignments])
     return sum(1 for k in reader.get_variable_to_shape_map() if is_optimizer_state(k))
 
 

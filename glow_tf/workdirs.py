@@ -4,7 +4,8 @@ A workdir *holds a run* once it holds a checkpoint (``checkpoints/ckpt-N`` or
 ``best/best-N``). Such a run is only ever resumed by a config that agrees with its
 ``config.json`` on the fields that define it (``config_lib.resume_differences``:
 the model, the data and the seed); other fields (steps, cadences, learning rate,
-eval and sample settings, ...) may change and are logged. Anything else stops
+eval and sample settings, ...) may change and are logged; ``model.stack_variables``
+(the checkpoints' variable layout, not a property of the model) is taken from the run. Anything else stops
 before a file is written, with an :class:`IncompatibleRunError` that names each
 differing field and the two ways on: a new ``--workdir``, or ``--start_over``,
 which moves the old run aside (:func:`move_aside`) and never deletes it.
@@ -75,6 +76,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
         saved = config_lib.load_config_json(workdir)
     except ValueError as err:
         raise ValueError(f"The run's {path} is unreadable ({err}); use a new --workdir or --start_over.") from None
+    kept = _keep_variable_layout(saved, config)
     incompatible, changed = config_lib.resume_differences(saved, config)
     if incompatible:
         fields = "; ".join(f"{f}: {_format(a)} in the run, {_format(b)} now" for f, a, b in incompatible)
@@ -83,7 +85,20 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
             f"were left untouched. Train in a new --workdir, or pass --start_over (Trainer(start_over=True)) to move "
             "the old run aside and start a new one there."
         )
-    return [f"{f}: {_format(a)} -> {_format(b)}" for f, a, b in changed]
+    return kept + [f"{f}: {_format(a)} -> {_format(b)}" for f, a, b in changed]
+
+
+def _keep_variable_layout(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> list[str]:
+    """Sets ``config.model.stack_variables`` to the run's: it is how the run's checkpoints lay out the same model.
+
+    So a run saved with per-step variables (every run before the field existed)
+    resumes under today's default, and the other way round.
+    """
+    layout = bool(saved.model.stack_variables)
+    if bool(config.model.stack_variables) == layout:
+        return []
+    config.model.stack_variables = layout
+    return [f"model.stack_variables: {layout!r}, the layout of the run's checkpoints, is kept"]
 
 
 def move_aside(workdir: str) -> str:

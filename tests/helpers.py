@@ -20,6 +20,12 @@ def perturb(module: tf.Module, scale: float = 0.1, seed: int = 0) -> None:
         v.assign_add(rng.normal(0.0, scale, v.shape).astype(v.dtype.as_numpy_dtype))
 
 
+def per_step_values(variables, model) -> list[np.ndarray]:
+    """The values of ``variables`` with each stacked step variable of ``model`` split into its K steps' rows."""
+    stacked = {v.ref() for level in model.levels for v in level.stacked_step_variables}
+    return [row for v in variables for row in (list(v.numpy()) if v.ref() in stacked else [v.numpy()])]
+
+
 def autodiff_log_abs_det(fn, x: tf.Tensor) -> np.ndarray:
     """``log|det d fn(x) / dx|`` per example from the autodiff Jacobian (float64).
 
