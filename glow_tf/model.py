@@ -67,9 +67,8 @@ class _Level(tf.Module):
         self.kept_channels = kept_channels
         # With Glow(stack_variables=True) the steps' variables live here and the layers hold views of their rows.
         self.stacked_step_variables = list(stacked.variables) if stacked is not None else []
-        self.flow = FlowSteps(
-            self.steps, name, stacked
-        )  # a plain object: the variables stay tracked here and in `layers`
+        # A plain object: the variables stay tracked here and in `layers`.
+        self.flow = FlowSteps(self.steps, name, stacked)
 
     @property
     def squeeze(self) -> Squeeze:
