@@ -154,7 +154,7 @@ class Glow(tf.Module):
       stack_variables: keep each level's flow-step variables as one ``[K, ...]``
         variable per variable of a step (``level0/steps/coupling/conv1/kernel``,
         row ``k`` is step ``k``'s; :mod:`glow_tf.stacking`) instead of one per step.
-        The same model and numbers; a training step then has ~1/24 of the
+        The same model and numbers; a training step then has ~1/26 of the
         variables at paper depth, so it traces and starts several seconds sooner.
         The layers still read and assign their own rows. Checkpoints of the two
         layouts differ (``config.model.stack_variables`` records it).

@@ -10,7 +10,7 @@ every layer stays an ordinary bijector.
 
 What it buys: a training step captures, reads, differentiates and updates each of
 these once per level instead of once per step. At paper depth (K=32, width 512) that
-is 57 variables instead of 1,353, and as many fewer nodes times about five (handle,
+is 51 trainable variables instead of 1,353, and as many fewer nodes times about five (handle,
 read, gradient sum, optimizer slots) in the step's graph, which is what tracing and
 graph optimisation take time over. Inside a level's pass (:meth:`StackedSteps.unstacked`)
 each stacked variable is read once and unstacked into its ``K`` rows; the gradient of
@@ -95,6 +95,7 @@ class StepSlice:
     def __init__(self, name: str, initial_value: tf.Tensor, trainable: bool):
         self._name = name
         self._initial = initial_value
+        self._dtype, self._shape = initial_value.dtype, initial_value.shape
         self.trainable = bool(trainable)
         self._owner: StackedSteps | None = None
         self._index = (0, 0)
@@ -126,11 +127,11 @@ class StepSlice:
 
     @property
     def dtype(self) -> tf.DType:
-        return self.value().dtype
+        return self._dtype
 
     @property
     def shape(self) -> tf.TensorShape:
-        return self.value().shape
+        return self._shape
 
     @property
     def row(self) -> int:
@@ -256,6 +257,9 @@ def assign_all(pairs: Sequence[tuple]) -> None:
 
 
 def _assign_row(variable: tf.Variable, k: int, value) -> None:
-    """``variable[k] = value``, by a whole assign (which every kind of variable, distributed ones too, supports)."""
+    """``variable[k] = value``: in place, or by a whole assign where a (distributed) variable has no row update."""
     value = tf.convert_to_tensor(value, variable.dtype)
-    variable.assign(tf.tensor_scatter_nd_update(variable, [[k]], value[tf.newaxis]))
+    try:
+        variable.scatter_nd_update([[k]], value[tf.newaxis])
+    except NotImplementedError:  # raised before any change (e.g. by MirroredVariable)
+        variable.assign(tf.tensor_scatter_nd_update(variable, [[k]], value[tf.newaxis]))
