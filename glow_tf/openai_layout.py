@@ -385,7 +385,8 @@ def load_into(model: Glow, prefix: str, ema: bool = False) -> int:
     plan = _plan(converters, reader, ema, prefix)
     tensors = {name: reader.get_tensor(key) for name, key in plan.items()}
     assignments = [pair for c in converters for pair in c.read(tensors)]
-    stacking.assign_all([(v, np.asarray(value).astype(v.dtype.as_numpy_dtype)) for v, value in assignments])
+    for variable, value in assignments:
+        variable.assign(np.asarray(value).astype(variable.dtype.as_numpy_dtype))
     return sum(1 for k in reader.get_variable_to_shape_map() if is_optimizer_state(k))
 
 

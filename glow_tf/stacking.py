@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["StepSlice", "StackedSteps", "StepCollector", "collect_steps", "stacked_name", "assign_all"]
+__all__ = ["StepSlice", "StackedSteps", "StepCollector", "collect_steps", "stacked_name"]
 
 _STEP_SCOPE = re.compile(r"(^|/)step\d+/")
 
@@ -63,8 +63,13 @@ class StackedSteps:
         return self.variables[j][k]
 
     def assign_row(self, j: int, k: int, value) -> None:
-        """Sets row ``k`` of variable ``j``."""
-        _assign_row(self.variables[j], k, value)
+        """Sets row ``k`` of variable ``j``: in place, or by a whole assign where a (distributed) variable has none."""
+        variable = self.variables[j]
+        value = tf.convert_to_tensor(value, variable.dtype)[tf.newaxis]
+        try:
+            variable.scatter_nd_update([[k]], value)
+        except NotImplementedError:  # raised before any change (e.g. by MirroredVariable)
+            variable.assign(tf.tensor_scatter_nd_update(variable, [[k]], value))
 
     @contextlib.contextmanager
     def unstacked(self) -> Iterator[None]:
@@ -199,9 +204,7 @@ class StepCollector:
         first = self.steps[0]
         for k, views in enumerate(self.steps):
             same = len(views) == len(first) and all(
-                stacked_name(a._name) == stacked_name(b._name)
-                and a._initial.shape == b._initial.shape
-                and a._initial.dtype == b._initial.dtype
+                stacked_name(a._name) == stacked_name(b._name) and a.shape == b.shape and a.dtype == b.dtype
                 for a, b in zip(views, first)
             )
             if not same:
@@ -234,32 +237,3 @@ def collect_steps() -> Iterator[StepCollector]:
 
     with tf.variable_creator_scope(creator):
         yield collector
-
-
-def assign_all(pairs: Sequence[tuple]) -> None:
-    """Assigns each ``(variable or StepSlice, value)``; a stacked variable whose rows all get one is written at once.
-
-    (Assigning a row rewrites its whole stacked variable, so ``K`` row assigns would
-    copy it ``K`` times.)
-    """
-    rows: dict[int, tuple[tf.Variable, dict[int, object]]] = {}
-    for target, value in pairs:
-        if isinstance(target, StepSlice):
-            rows.setdefault(id(target.stacked), (target.stacked, {}))[1][target.row] = value
-        else:
-            target.assign(value)
-    for variable, values in rows.values():
-        if len(values) == variable.shape[0]:
-            variable.assign(np.stack([np.asarray(values[k]) for k in range(len(values))]))
-        else:
-            for k, value in values.items():
-                _assign_row(variable, k, value)
-
-
-def _assign_row(variable: tf.Variable, k: int, value) -> None:
-    """``variable[k] = value``: in place, or by a whole assign where a (distributed) variable has no row update."""
-    value = tf.convert_to_tensor(value, variable.dtype)
-    try:
-        variable.scatter_nd_update([[k]], value[tf.newaxis])
-    except NotImplementedError:  # raised before any change (e.g. by MirroredVariable)
-        variable.assign(tf.tensor_scatter_nd_update(variable, [[k]], value[tf.newaxis]))

@@ -20,10 +20,16 @@ def perturb(module: tf.Module, scale: float = 0.1, seed: int = 0) -> None:
         v.assign_add(rng.normal(0.0, scale, v.shape).astype(v.dtype.as_numpy_dtype))
 
 
-def per_step_values(variables, model) -> list[np.ndarray]:
-    """The values of ``variables`` with each stacked step variable of ``model`` split into its K steps' rows."""
-    stacked = {v.ref() for level in model.levels for v in level.stacked_step_variables}
-    return [row for v in variables for row in (list(v.numpy()) if v.ref() in stacked else [v.numpy()])]
+def by_step_name(variables, values=None) -> dict:
+    """``{per-step variable name: value}``; a stacked variable's rows under its steps' names (``/step{k}/``)."""
+    values = [v.numpy() for v in variables] if values is None else [np.asarray(x) for x in values]
+    out = {}
+    for v, value in zip(variables, values):
+        if "/steps/" in v.name:
+            out.update({v.name.replace("/steps/", f"/step{k}/"): row for k, row in enumerate(value)})
+        else:
+            out[v.name] = value
+    return out
 
 
 def autodiff_log_abs_det(fn, x: tf.Tensor) -> np.ndarray:

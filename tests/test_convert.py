@@ -19,7 +19,7 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import per_step_values, perturb
+from helpers import by_step_name, perturb
 
 from glow_tf import (
     checkpointing,
@@ -144,9 +144,8 @@ def test_ema_takes_the_checkpoints_moving_averages(converted, root):
             np.testing.assert_array_equal(value, expected, err_msg=name)
             trainable += name in converter.trainable
     assert trainable == 54
-    raw = converted["A"].model
-    pairs = zip(*(per_step_values(m.trainable_variables, m) for m in (conv.model, raw)))
-    assert sum(not np.array_equal(a, b) for a, b in pairs) > 40
+    ema, raw = (by_step_name(m.trainable_variables) for m in (conv.model, converted["A"].model))
+    assert sum(not np.array_equal(ema[name], raw[name]) for name in raw) > 40
     assert "Weights: the checkpoint's ExponentialMovingAverage copies." in conv.notes
 
 
@@ -575,8 +574,8 @@ def test_fine_tuning_resumes_from_the_converted_checkpoint(converted):
     assert trainer.initialize() is False  # the actnorm flags are set: no data-dependent init
     assert trainer.train().step == 2
     assert os.path.exists(os.path.join(case.conv.workdir, "checkpoints", "ckpt-2.index"))
-    pairs = zip(*(per_step_values(m.trainable_variables, m) for m in (trainer.model, case.model)))
-    steps = [np.abs(a - b).max() for a, b in pairs]
+    trained, converted_values = (by_step_name(m.trainable_variables) for m in (trainer.model, case.model))
+    steps = [np.abs(trained[name] - converted_values[name]).max() for name in converted_values]
     assert sum(s > 0 for s in steps) > 40
     assert max(steps) <= 2 * config.optim.learning_rate * 1.01  # two Adamax steps: no data-dependent init ran
     bits = trainer.model.bits_per_dim(model_inputs(case)).numpy()

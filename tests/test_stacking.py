@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import make_test_config, tiny_model
+from helpers import by_step_name, make_test_config, tiny_model
 
 import glow_tf
 from glow_tf import config_lib, export, stacking, train_lib
@@ -17,18 +17,6 @@ VARIANTS = {
     "invconv-affine": dict(),
     "shuffle-additive": dict(permutation="shuffle", coupling="additive"),
 }
-
-
-def by_step_name(variables, values=None) -> dict:
-    """``{per-step variable name: value}``; a stacked variable's rows under its steps' names (``/step{k}/``)."""
-    values = [v.numpy() for v in variables] if values is None else [np.asarray(x) for x in values]
-    out = {}
-    for v, value in zip(variables, values):
-        if "/steps/" in v.name:
-            out.update({v.name.replace("/steps/", f"/step{k}/"): row for k, row in enumerate(value)})
-        else:
-            out[v.name] = value
-    return out
 
 
 def assert_same_values(a: dict, b: dict, what: str = "") -> None:
