@@ -36,6 +36,7 @@ setup(
         "console_scripts": [
             "glow-convert = glow_tf.convert:main",
             "glow-export = glow_tf.export:main",
+            "glow-relayout = glow_tf.relayout:main",
             "glow-sample = glow_tf.sample:main",
             "glow-score = glow_tf.score:main",
         ],

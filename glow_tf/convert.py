@@ -39,20 +39,17 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
-import shutil  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
-from collections.abc import Iterator, Sequence  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 
 import ml_collections  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-from glow_tf import checkpointing, config_lib, data, inference, openai_hps, openai_layout, train_lib  # noqa: E402
+from glow_tf import checkpointing, config_lib, data, inference, openai_hps, openai_layout, train_lib, workdirs  # noqa: E402
 from glow_tf.model import Glow  # noqa: E402
 
 __all__ = [
@@ -73,7 +70,6 @@ DEFAULT_CHECKPOINT = "model_best_loss.ckpt"  # the only checkpoint the original'
 HPS_FILE = "openai_hps.json"  # in a converted workdir: the original run's hps
 SOURCE_FILE = "converted_from.json"  # provenance of a converted workdir or logdir
 CONFIG_SCRIPT = "config.py"  # in a converted workdir: its config.json for train.py --config=
-_RUN_ENTRIES = ("config.json", "checkpoints", "best")
 _ORIGINAL_ENTRIES = ("train.txt", "test.txt", "checkpoint", DEFAULT_CHECKPOINT + ".index")
 
 _CONFIG_SCRIPT_TEXT = '''"""This run's config.json, for python train.py --config=<this file> --workdir=<this folder>."""
@@ -110,41 +106,6 @@ class OpenAIRun:
 
 
 # ----------------------------------------------------------------------------- files
-def _check_target(path: str, entries: Sequence[str], what: str) -> None:
-    """Refuses a target that exists with content (naming a run's files when it holds one)."""
-    if not os.path.exists(path):
-        return
-    if not os.path.isdir(path):
-        raise FileExistsError(f"{what} {path!r} exists and is not a folder.")
-    present = sorted(os.listdir(path))
-    if not present:
-        return
-    run = [e for e in entries if e in present]
-    if run:
-        raise FileExistsError(
-            f"{what} {path!r} already holds a run ({', '.join(run)}); choose a new folder (nothing was overwritten)."
-        )
-    raise FileExistsError(f"{what} {path!r} exists and is not empty; choose a new or empty folder.")
-
-
-@contextlib.contextmanager
-def _staged(target: str) -> Iterator[str]:
-    """A temporary sibling folder of ``target`` that replaces it (if empty) when the block succeeds."""
-    parent = os.path.dirname(os.path.abspath(target))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(target))}-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the run should not be
-    try:
-        yield staging
-        if os.path.isdir(target):
-            os.rmdir(target)  # empty: checked before
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _write_text(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -177,10 +138,10 @@ def write_run(config: ml_collections.ConfigDict, model: Glow, workdir: str, file
       ValueError: an invalid config, an uninitialised model or non-finite weights.
     """
     config_lib.validate_config(config)
-    _check_target(workdir, _RUN_ENTRIES, "workdir")
+    workdirs.check_new_folder(workdir, workdirs.RUN_ENTRIES, "workdir")
     if not model.initialized:
         raise ValueError("The model is not initialised (some actnorm init flags are False); nothing was written.")
-    with _staged(workdir) as staging:
+    with workdirs.staged(workdir) as staging:
         config_lib.save_config(config, staging)
         state = train_lib.build_run_state(config, model, config_lib.global_batch_size(config, 1))
         saver = checkpointing.CheckpointSet(
@@ -245,7 +206,7 @@ def from_openai(
     hps = openai_hps.read_hps(logdir)
     config, notes = openai_hps.config_from_hps(hps, data_name, data_path, data_dir)
     prefix = original_checkpoint(logdir, checkpoint)
-    _check_target(workdir, _RUN_ENTRIES, "workdir")
+    workdirs.check_new_folder(workdir, workdirs.RUN_ENTRIES, "workdir")
     info = data.dataset_info(config.data)
     openai_hps.check_classes(hps, config, info)
     model = inference.build_model(config, info)
@@ -301,7 +262,7 @@ def to_openai(
       FileExistsError: ``logdir`` is not new.
       ValueError: a run the original cannot represent.
     """
-    _check_target(logdir, _ORIGINAL_ENTRIES, "openai_logdir")
+    workdirs.check_new_folder(logdir, _ORIGINAL_ENTRIES, "openai_logdir")
     model, config, info = train_lib.restore_for_inference(workdir, checkpoint, with_info=True)
     averaged = None
     if config.optim.ema_decay > 0:  # restore_for_inference swapped the averages in
@@ -311,7 +272,7 @@ def to_openai(
     tensors = openai_layout.original_tensors(model, averaged, beta1=hps["beta1"])
     copies = "the run's EMA weights" if averaged is not None else "the weights (the run has no EMA)"
     notes.append(f"ExponentialMovingAverage copies: {copies}; the Adamax state is fresh (t=1, zero moments).")
-    with _staged(logdir) as staging:
+    with workdirs.staged(logdir) as staging:
         openai_layout.write_checkpoint(os.path.join(staging, DEFAULT_CHECKPOINT), tensors)
         _write_text(
             os.path.join(staging, "checkpoint"),

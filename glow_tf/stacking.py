@@ -33,14 +33,20 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["StepSlice", "StackedSteps", "StepCollector", "collect_steps", "stacked_name"]
+__all__ = ["StepSlice", "StackedSteps", "StepCollector", "collect_steps", "stacked_name", "step_name"]
 
 _STEP_SCOPE = re.compile(r"(^|/)step\d+/")
+_STEPS_SCOPE = re.compile(r"(^|/)steps/")
 
 
 def stacked_name(name: str) -> str:
     """``level0/step3/coupling/conv1/kernel`` -> ``level0/steps/coupling/conv1/kernel``."""
     return _STEP_SCOPE.sub(r"\1steps/", name, count=1)
+
+
+def step_name(name: str, k: int) -> str:
+    """``level0/steps/coupling/conv1/kernel``, 3 -> ``level0/step3/coupling/conv1/kernel``: row ``k``'s own name."""
+    return _STEPS_SCOPE.sub(rf"\g<1>step{k}/", name, count=1)
 
 
 class StackedSteps:

@@ -13,19 +13,34 @@ which moves the old run aside (:func:`move_aside`) and never deletes it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 from absl import logging
 
 from glow_tf import checkpointing, config_lib
 
-__all__ = ["IncompatibleRunError", "check_workdir", "holds_run", "check_resume", "move_aside", "CONFIG_FILE"]
+__all__ = [
+    "IncompatibleRunError",
+    "check_workdir",
+    "check_new_folder",
+    "holds_run",
+    "check_resume",
+    "move_aside",
+    "staged",
+    "CONFIG_FILE",
+    "RUN_ENTRIES",
+]
 
 CONFIG_FILE = "config.json"
 # kind -> (folder under the workdir, checkpoint name)
 CHECKPOINT_KINDS = {"latest": ("checkpoints", "ckpt"), "best": ("best", "best")}
+RUN_ENTRIES = (CONFIG_FILE, "checkpoints", "best")  # what makes a folder a run, for check_new_folder
 
 
 class IncompatibleRunError(ValueError):
@@ -39,6 +54,49 @@ def check_workdir(workdir: str) -> str:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise NotADirectoryError(f"--workdir={workdir!r} is an existing file, not a folder; pass a folder path.")
     return workdir
+
+
+def check_new_folder(path: str, entries: Sequence[str], what: str) -> None:
+    """Refuses a target that exists with content (naming a run's files, ``entries``, when it holds them).
+
+    Raises:
+      FileExistsError: ``path`` is a file, holds ``entries`` or is not empty.
+    """
+    if not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise FileExistsError(f"{what} {path!r} exists and is not a folder.")
+    present = sorted(os.listdir(path))
+    if not present:
+        return
+    run = [e for e in entries if e in present]
+    if run:
+        raise FileExistsError(
+            f"{what} {path!r} already holds a run ({', '.join(run)}); choose a new folder (nothing was overwritten)."
+        )
+    raise FileExistsError(f"{what} {path!r} exists and is not empty; choose a new or empty folder.")
+
+
+@contextlib.contextmanager
+def staged(target: str) -> Iterator[str]:
+    """A temporary sibling folder of ``target`` that replaces it (if empty) when the block succeeds.
+
+    When the block fails the folder is removed and ``target`` is as it was: a
+    half-written run never appears under its name.
+    """
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(target))}-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the run should not be
+    try:
+        yield staging
+        if os.path.isdir(target):
+            os.rmdir(target)  # empty: checked before
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def checkpoint_prefixes(workdir: str, kind: str) -> list[str]:

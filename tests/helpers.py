@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 import glow_tf
-from glow_tf import quantization
+from glow_tf import quantization, stacking
 
 
 def perturb(module: tf.Module, scale: float = 0.1, seed: int = 0) -> None:
@@ -26,7 +26,7 @@ def by_step_name(variables, values=None) -> dict:
     out = {}
     for v, value in zip(variables, values):
         if "/steps/" in v.name:
-            out.update({v.name.replace("/steps/", f"/step{k}/"): row for k, row in enumerate(value)})
+            out.update({stacking.step_name(v.name, k): row for k, row in enumerate(value)})
         else:
             out[v.name] = value
     return out
