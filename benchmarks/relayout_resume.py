@@ -4,8 +4,9 @@
 
 A child process writes a run of the config with per-step variables (the layout of every
 run from before ``glow_tf.stacking``; the Trainer of ``first_calls.py`` on digits, with
-EMA, trained 1 step). Then ``python -m glow_tf.relayout`` copies it (timed, Python and
-TensorFlow start-up included, as a user runs it). Then
+EMA, trained 1 step). Another copies it with ``relayout.relayout`` (timed alone, and
+with the process's Python and TensorFlow start-up, as ``python -m glow_tf.relayout``
+would take). Then
 each repeat resumes the original and the copy, alternately, each in a fresh process set
 up as ``train.py``: ``Trainer(config, workdir)`` (construction and the restore of the
 latest checkpoint) and its first ``train_step`` on the next batch. The two resumed
@@ -17,8 +18,6 @@ Prints one line per resume and writes ``benchmarks/results/relayout_resume-<conf
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -51,6 +50,12 @@ def _child(job: dict) -> dict:
     if job["kind"] == "make":
         train_lib.Trainer(_config(False), job["workdir"]).train()
         return {}
+    if job["kind"] == "relayout":
+        from glow_tf import relayout
+
+        start = time.perf_counter()
+        relayout.relayout(job["workdir"], job["output_workdir"])
+        return {"relayout_s": time.perf_counter() - start}
     start = time.perf_counter()
     trainer = train_lib.Trainer(_config(True), job["workdir"])  # the run's own layout is kept on resume
     construction = time.perf_counter() - start
@@ -75,11 +80,14 @@ def main():
         runs = {"per-step": os.path.join(tmp, "per_step"), "stacked copy": os.path.join(tmp, "stacked")}
         child_flags = [f"--config={FLAGS.config}"]
         _harness.run_child(__file__, {"kind": "make", "workdir": runs["per-step"]}, child_flags)
-        command = [sys.executable, "-m", "glow_tf.relayout", f"--workdir={runs['per-step']}"]
         start = time.perf_counter()
-        subprocess.run([*command, f"--output_workdir={runs['stacked copy']}"], check=True, capture_output=True)
-        result["relayout_s"] = time.perf_counter() - start
-        print(f"{FLAGS.config:<12} relayout {result['relayout_s']:6.1f} s")
+        job = {"kind": "relayout", "workdir": runs["per-step"], "output_workdir": runs["stacked copy"]}
+        result.update(_harness.run_child(__file__, job, child_flags))
+        result["relayout_process_s"] = time.perf_counter() - start
+        print(
+            f"{FLAGS.config:<12} relayout {result['relayout_s']:6.1f} s"
+            f" ({result['relayout_process_s']:.1f} s with the process's start-up)"
+        )
         for repeat in range(FLAGS.repeats):
             for name, workdir in runs.items():
                 resumed = _harness.run_child(__file__, {"kind": "resume", "workdir": workdir}, child_flags)

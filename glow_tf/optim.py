@@ -312,16 +312,19 @@ class ExponentialMovingAverage(tf.Module):
         self._refs = tuple(v.ref() for v in variables)  # references: not a checkpoint dependency of the EMA
         self._strategy = tf.distribute.get_strategy()  # the strategy whose scope created the variables
         # One shared name (see shared_variable_names); checkpoints key them by position in this list.
-        self.averages = [tf.Variable(v.read_value(), trainable=False, name="ema_average") for v in self._variables()]
+        self.averages = [
+            tf.Variable(v.read_value(), trainable=False, name="ema_average") for v in self.averaged_variables()
+        ]
         self.num_updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="num_updates")
 
-    def _variables(self) -> list[tf.Variable]:
+    def averaged_variables(self) -> list[tf.Variable]:
+        """The variables averaged, in the order of :attr:`averages`."""
         return [ref.deref() for ref in self._refs]
 
     def reset(self) -> None:
         """Copies the current variables into the averages (eager, cross-replica context)."""
         with self._strategy.scope():
-            for avg, var in zip(self.averages, self._variables()):
+            for avg, var in zip(self.averages, self.averaged_variables()):
                 avg.assign(var.read_value())
             self.num_updates.assign(0)
 
@@ -344,13 +347,13 @@ class ExponentialMovingAverage(tf.Module):
             return _moving_averages((avg, *others), tuple(variables), decay)
 
         with self._strategy.scope():
-            _grouped_updates(self._strategy, self.averages, self._variables(), groups, average, average_group)
+            _grouped_updates(self._strategy, self.averages, self.averaged_variables(), groups, average, average_group)
             self.num_updates.assign_add(tf.cast(apply, tf.int64))
 
     def swap(self) -> None:
         """Exchanges the values of the variables and their averages (twice restores both)."""
         with self._strategy.scope():
-            for avg, var in zip(self.averages, self._variables()):
+            for avg, var in zip(self.averages, self.averaged_variables()):
                 saved = tf.identity(var.read_value())
                 var.assign(avg.read_value())
                 avg.assign(saved)

@@ -82,7 +82,7 @@ def _cells(state: train_lib.RunState) -> dict[str, tuple[tf.Variable, int | None
     averaged = []
     if state.ema is not None:
         averaged = state.ema.averages
-        for average, v in zip(averaged, state.ema._variables()):
+        for average, v in zip(averaged, state.ema.averaged_variables()):
             cells.update(keyed(average, "|ema", like=v))
     known = {v.ref() for v in [*model.variables, *averaged]}
     others = [
@@ -165,8 +165,9 @@ def relayout(workdir: str, output_workdir: str, stack_variables: bool = True) ->
     prefixes = {kind: workdirs.checkpoint_prefixes(workdir, kind) for kind in workdirs.CHECKPOINT_KINDS}
     if not any(prefixes.values()):
         raise FileNotFoundError(f"{workdir} holds no checkpoint (checkpoints/ckpt-N or best/best-N) to rewrite.")
-    if os.path.abspath(output_workdir) == os.path.abspath(workdir):
-        raise ValueError("--output_workdir must be a new folder, not the run itself (which is never changed).")
+    source_dir = os.path.abspath(workdir)
+    if os.path.commonpath([source_dir, os.path.abspath(output_workdir)]) == source_dir:
+        raise ValueError("--output_workdir must be a new folder outside the run (which is never changed).")
     workdirs.check_new_folder(output_workdir, workdirs.RUN_ENTRIES, "output_workdir")
 
     source, source_cells = _run_state(config)

@@ -115,8 +115,9 @@ def test_what_it_refuses_leaves_everything_as_it_was(per_step_run, tmp_path, mon
     (tmp_path / "full" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty"):
         relayout.relayout(per_step_run, str(tmp_path / "full"))
-    with pytest.raises(ValueError, match="not the run itself"):
-        relayout.relayout(per_step_run, per_step_run)
+    for inside in (per_step_run, os.path.join(per_step_run, "copy")):
+        with pytest.raises(ValueError, match="outside the run"):
+            relayout.relayout(per_step_run, inside)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         relayout.relayout(str(tmp_path / "missing"), str(tmp_path / "y"))
 
