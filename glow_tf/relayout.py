@@ -49,7 +49,7 @@ _LAYOUTS = {False: "per-step", True: "stacked"}
 
 @dataclasses.dataclass
 class Relayout:
-    """What :func:`relayout` wrote: the new run, its layout and the checkpoints carried over (``ckpt-20``, ...)."""
+    """What :func:`relayout` wrote: the new run, its layout and the checkpoints (``checkpoints/ckpt-20``, ...)."""
 
     workdir: str
     stack_variables: bool
@@ -119,12 +119,6 @@ def _copy_state(source: dict, target: dict) -> None:
         variable.assign(value)
 
 
-def _run_config(workdir: str, stack_variables: bool):
-    config = config_lib.load_config_json(workdir)
-    config.model.stack_variables = stack_variables
-    return config
-
-
 def _run_state(config) -> tuple[train_lib.RunState, dict]:
     """A fresh run state (model, optimizer with its slots, EMA, ...) for ``config``, and its :func:`_cells`."""
     state = train_lib.build_run_state(config, inference.build_model(config), config_lib.global_batch_size(config, 1))
@@ -171,7 +165,8 @@ def relayout(workdir: str, output_workdir: str, stack_variables: bool = True) ->
     workdirs.check_new_folder(output_workdir, workdirs.RUN_ENTRIES, "output_workdir")
 
     source, source_cells = _run_state(config)
-    target_config = _run_config(workdir, stack_variables)
+    target_config = config_lib.load_config_json(workdir)
+    target_config.model.stack_variables = stack_variables
     target, target_cells = _run_state(target_config)
     what = f"the model that {os.path.join(workdir, workdirs.CONFIG_FILE)} describes"
     written = []
@@ -197,7 +192,7 @@ def relayout(workdir: str, output_workdir: str, stack_variables: bool = True) ->
         best = os.path.join(workdir, "best", "best.json")
         if os.path.isfile(best):
             shutil.copy2(best, os.path.join(staging, "best", "best.json"))
-        record = {"workdir": os.path.abspath(workdir), "stack_variables": [source_layout, stack_variables]}
+        record = {"workdir": source_dir, "stack_variables": [source_layout, stack_variables]}
         with open(os.path.join(staging, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump({**record, "checkpoints": written}, f, indent=2)
             f.write("\n")

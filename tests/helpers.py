@@ -32,6 +32,13 @@ def by_step_name(variables, values=None) -> dict:
     return out
 
 
+def assert_same_values(a: dict, b: dict, what: str = "") -> None:
+    """The same names in both, each with bit-identical values."""
+    assert sorted(a) == sorted(b), what
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=f"{what} {name}")
+
+
 def autodiff_log_abs_det(fn, x: tf.Tensor) -> np.ndarray:
     """``log|det d fn(x) / dx|`` per example from the autodiff Jacobian (float64).
 

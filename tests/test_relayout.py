@@ -7,8 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import by_step_name, make_test_config
-from test_stacking import assert_same_values
+from helpers import assert_same_values, by_step_name, make_test_config
 
 from glow_tf import config_lib, inference, relayout, train_lib
 

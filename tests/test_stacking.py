@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import by_step_name, make_test_config, tiny_model
+from helpers import assert_same_values, by_step_name, make_test_config, tiny_model
 
 import glow_tf
 from glow_tf import config_lib, export, stacking, train_lib
@@ -19,18 +19,12 @@ VARIANTS = {
 }
 
 
-def assert_same_values(a: dict, b: dict, what: str = "") -> None:
-    assert sorted(a) == sorted(b), what
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=f"{what} {name}")
-
-
 def copy_weights(source: glow_tf.Glow, target: glow_tf.Glow) -> None:
     """Sets the stacked ``target`` to the per-step ``source``'s values (matched by variable name)."""
     by_name = {v.name: v for v in source.variables}
     for v in target.variables:
         if "/steps/" in v.name:
-            rows = [by_name[v.name.replace("/steps/", f"/step{k}/")].numpy() for k in range(v.shape[0])]
+            rows = [by_name[stacking.step_name(v.name, k)].numpy() for k in range(v.shape[0])]
             v.assign(np.stack(rows))
         else:
             v.assign(by_name[v.name].numpy())
